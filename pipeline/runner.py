@@ -1,0 +1,150 @@
+"""A job from spec to ``_SUCCESS``: plan, guard the output, run pending shards, commit.
+
+Everything here runs on the driver and touches only Parquet footers, markers and
+small JSON files; prompt text and models live in the actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.progress import JOB, SUCCESS, Progress, committed_shards
+from pipeline.shards import KeyFormat, key_format, num_shards, plan_shards
+from pipeline.sources import InputSet, resolve_input
+from pipeline.spec import JobSpec, SpecError
+from pipeline.storage import OutputFolder
+from pipeline.writers import marker_name
+
+log = logging.getLogger("synthset")
+IMPLEMENTED_FORMATS = ("files",)
+
+
+@dataclass
+class Plan:
+    """A validated job: its input, shard count, key widths and fingerprint."""
+
+    spec: JobSpec
+    inputs: InputSet
+    shards: int
+    keys: KeyFormat
+    fingerprint: str
+
+    @property
+    def prompts(self) -> int:
+        return self.inputs.num_rows
+
+    @property
+    def images(self) -> int:
+        return self.prompts * self.spec.generation.images_per_prompt
+
+    def summary(self) -> dict[str, Any]:
+        return {"files": len(self.inputs.files), "prompts": self.prompts,
+                "images": self.images, "shards": self.shards,
+                "shard_size": self.spec.runtime.shard_size, "fingerprint": self.fingerprint}
+
+
+class JobFailed(RuntimeError):
+    """Some shards could not be committed; the message summarises which and why."""
+
+
+def make_plan(spec: JobSpec) -> Plan:
+    """Validate the spec against its input and model, reading metadata only."""
+    if spec.output.format not in IMPLEMENTED_FORMATS:
+        raise SpecError(f"output.format: {spec.output.format!r} is not available yet; "
+                        f"use one of {', '.join(IMPLEMENTED_FORMATS)}")
+    check_model(spec)
+    inputs = resolve_input(spec.input, spec.storage_options)
+    shards = num_shards(inputs, spec.runtime.shard_size)
+    keys = key_format(shards, spec.runtime.shard_size, spec.generation.images_per_prompt)
+    return Plan(spec, inputs, shards, keys, spec.fingerprint(inputs.signature()))
+
+
+def check_model(spec: JobSpec) -> None:
+    """Catch model settings that cannot work before any actor (or GPU) is allocated."""
+    from models.registry import check_model_spec
+
+    try:
+        check_model_spec(spec.model.family, spec.model.path, spec.generation.width,
+                         spec.generation.height)
+    except ValueError as e:
+        raise SpecError(f"model: {e}") from None
+
+
+def open_output(spec: JobSpec) -> OutputFolder:
+    return OutputFolder(spec.output.path, spec.storage_options, spec.output.retries,
+                        spec.output.retry_backoff_s)
+
+
+def claim_output(folder: OutputFolder, plan: Plan, overwrite: bool) -> None:
+    """Refuse to mix two different jobs in one output folder, then record this one."""
+    existing = folder.read_json(JOB)
+    if existing and existing.get("fingerprint") != plan.fingerprint:
+        if not overwrite:
+            raise SpecError(
+                f"{folder.display()} already holds a different job (fingerprint "
+                f"{existing.get('fingerprint')}, this one is {plan.fingerprint}): the spec or "
+                "the input changed. Use another output.path, or --overwrite to delete it.")
+        log.warning("--overwrite: deleting %s", folder.display())
+        folder.delete_all()
+    elif existing and overwrite:
+        folder.delete_all()
+    folder.write_json(JOB, {"fingerprint": plan.fingerprint, "plan": plan.summary(),
+                            "spec": plan.spec.public_dump(), "created_at": time.time()})
+
+
+def read_markers(folder: OutputFolder, names: list[str]) -> list[dict]:
+    return [folder.read_json(marker_name(n)) for n in names]
+
+
+def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
+            show_progress: bool = True) -> dict[str, Any]:
+    """Run every shard without a marker; write ``_SUCCESS`` when all are committed."""
+    plan = make_plan(spec)
+    folder = open_output(spec)
+    claim_output(folder, plan, overwrite)
+    done_names = set(committed_shards(folder))
+    already = read_markers(folder, sorted(done_names))
+    pending = [s for s in plan_shards(plan.inputs, spec.runtime.shard_size)
+               if plan.keys.shard_name(s.id) not in done_names]
+    progress = Progress(folder, plan.fingerprint, plan.shards, plan.images,
+                        spec.generation.images_per_prompt, already,
+                        spec.runtime.progress_interval_s, show_progress)
+    log.info("%d of %d shards to run (%d already committed)", len(pending), plan.shards,
+             len(already))
+    failed: dict[int, str] = {}
+    try:
+        if pending:
+            from pipeline.executor import RayExecutor, connect
+
+            connect(address)
+            failed = RayExecutor(spec, plan.keys, progress).run(pending).failed
+    except BaseException:
+        progress.close("failed")
+        raise
+    if failed:
+        progress.close("failed")
+        reasons = "\n".join(f"  shard {plan.keys.shard_name(k)}: {v}" for k, v in
+                            sorted(failed.items()))
+        raise JobFailed(f"{len(failed)} of {plan.shards} shards failed; committed shards are "
+                        f"kept and a rerun retries the rest:\n{reasons}")
+    manifest = write_success(folder, plan)
+    progress.close("complete")
+    return manifest
+
+
+def write_success(folder: OutputFolder, plan: Plan) -> dict[str, Any]:
+    """The job manifest: every shard with its counts and data checksums, written last."""
+    markers = read_markers(folder, sorted(committed_shards(folder)))
+    manifest = {
+        "fingerprint": plan.fingerprint, "plan": plan.summary(),
+        "shards": [{k: m[k] for k in ("shard_name", "count", "successes", "failed", "objects")}
+                   for m in markers],
+        "successes": sum(m["successes"] for m in markers),
+        "failed": sum(m["failed"] for m in markers),
+        "finished_at": time.time(),
+    }
+    folder.write_json(SUCCESS, manifest)
+    return manifest

@@ -1,0 +1,89 @@
+"""From a shard's input rows to samples: ids, keys, seeds, and quarantine of bad rows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from models.base import derive_seed
+from pipeline.shards import KeyFormat, Shard
+from pipeline.spec import JobSpec
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class Sample:
+    """One requested image: where it comes from, how to draw it, and how it went."""
+
+    key: str
+    row: int  # row of the shard's input table
+    id: str
+    prompt: str | None
+    negative_prompt: str | None
+    seed: int
+    image_index: int
+    status: str = "pending"
+    error_message: str | None = None
+    truncated: bool = False
+    sha256: str | None = None
+    file: str | None = None
+
+    def fail(self, message: str) -> None:
+        self.status, self.error_message = "error", message
+
+
+def prompt_problem(prompt: object) -> str | None:
+    """Why a prompt cannot be generated, or None if it can."""
+    if prompt is None:
+        return "prompt is null"
+    if not isinstance(prompt, str):
+        return f"prompt is a {type(prompt).__name__}, not a string"
+    if not prompt.strip():
+        return "prompt is empty or whitespace only"
+    return None
+
+
+def clean_prompt(prompt: str) -> str:
+    """Strip surrounding whitespace and control characters that tokenizers choke on."""
+    return _CONTROL.sub(" ", prompt).strip()
+
+
+def sample_ids(table: pa.Table, shard: Shard, id_column: str | None) -> list[str]:
+    """The id column as strings, or a stable ``file#row`` id from the input position."""
+    if id_column:
+        return [None if v is None else str(v) for v in table.column(id_column).to_pylist()]
+    return [f"{seg.name}#{row}" for seg in shard.segments for row in range(seg.start, seg.stop)]
+
+
+def build_samples(table: pa.Table, shard: Shard, spec: JobSpec, keys: KeyFormat) -> list[Sample]:
+    """Every requested image of the shard, bad rows already marked as errors."""
+    inp, per_prompt = spec.input, spec.generation.images_per_prompt
+    prompts = table.column(inp.prompt_column).to_pylist()
+    negatives = (table.column(inp.negative_prompt_column).to_pylist()
+                 if inp.negative_prompt_column else [None] * len(prompts))
+    seeds = (table.column(inp.seed_column).to_pylist()
+             if inp.seed_column else [None] * len(prompts))
+    ids = sample_ids(table, shard, inp.id_column)
+    seen: set[str] = set()
+    samples = []
+    for row, (prompt, negative, seed, sid) in enumerate(zip(prompts, negatives, seeds, ids)):
+        problem = prompt_problem(prompt)
+        if sid is None:
+            problem, sid = "id is null", f"{shard.segments[0].name}#row{row}"
+        elif sid in seen and inp.duplicate_ids == "error":
+            problem = f"duplicate id {sid!r} in this shard"
+        seen.add(sid)
+        for i in range(per_prompt):
+            s = Sample(
+                key=keys.key(shard.id, row * per_prompt + i), row=row, id=sid,
+                prompt=clean_prompt(prompt) if problem is None else prompt,
+                negative_prompt=negative if isinstance(negative, str) else None,
+                seed=(seed + i) if seed is not None else derive_seed(spec.generation.seed, sid, i),
+                image_index=i)
+            if problem:
+                s.fail(problem)
+            samples.append(s)
+    return samples

@@ -1,0 +1,221 @@
+"""The per-shard loop: read → encode text → generate → encode images → write → marker.
+
+A ShardWorker is a plain object: the Ray executor holds one per actor, and tests
+can run it in-process. Image encoding and uploads run on a thread pool so the
+generator is not kept waiting on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from models.base import GenerationParams, ImageModel
+from pipeline.imaging import EXTENSIONS, encode_image, is_blank
+from pipeline.samples import Sample, build_samples
+from pipeline.shards import KeyFormat, Shard
+from pipeline.sources import read_rows
+from pipeline.spec import JobSpec
+from pipeline.storage import OutputFolder
+from pipeline.writers import make_writer
+
+log = logging.getLogger("synthset")
+ProgressCallback = Callable[[int, int], None]  # (images done, images failed) since last call
+
+
+def generation_params(spec: JobSpec, model: ImageModel) -> GenerationParams:
+    """The job's generation section, with the model's native size filling the gaps."""
+    g = spec.generation
+    width, height = model.native_size or (512, 512)
+    params = GenerationParams(width=g.width or width, height=g.height or height, steps=g.steps,
+                              guidance_scale=g.guidance_scale, extra=dict(spec.model.options))
+    model.check_params(params)
+    return params
+
+
+class EmbeddingCache:
+    """Encoded prompts keyed by (prompt, negative prompt), least recently used out first."""
+
+    def __init__(self, model: ImageModel, capacity: int, one_at_a_time: bool):
+        self.model, self.capacity, self.one_at_a_time = model, capacity, one_at_a_time
+        self.entries: OrderedDict[tuple, object] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def lookup(self, samples: list[Sample]):
+        """The embeddings of ``samples`` in order, encoding only what is not cached."""
+        wanted = [(s.prompt, s.negative_prompt) for s in samples]
+        missing = list(dict.fromkeys(w for w in wanted if w not in self.entries))
+        self.hits += len(wanted) - len(missing)
+        self.misses += len(missing)
+        # One prompt per call keeps each embedding independent of its batch-mates.
+        groups = [[m] for m in missing] if self.one_at_a_time else [missing] if missing else []
+        fresh = {}
+        for group in groups:
+            embeds = self.model.encode_prompt([p for p, _ in group], [n for _, n in group])
+            for i, key in enumerate(group):
+                fresh[key] = embeds.select([i])
+        rows = [fresh[w] if w in fresh else self._touch(w) for w in wanted]
+        for key, value in fresh.items():
+            self.entries[key] = value
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return type(rows[0]).concat(rows)
+
+    def _touch(self, key: tuple):
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+
+class ShardWorker:
+    """Runs whole shards with one loaded model and writes them under ``folder``."""
+
+    def __init__(self, spec: JobSpec, model: ImageModel, keys: KeyFormat, folder: OutputFolder,
+                 deterministic: bool, io_threads: int | None = None):
+        self.spec, self.model, self.keys, self.folder = spec, model, keys, folder
+        self.params = generation_params(spec, model)
+        self.micro_batch = 1 if deterministic else spec.runtime.batch_size
+        self.cache = EmbeddingCache(model, spec.runtime.embedding_cache, deterministic)
+        self.pool = ThreadPoolExecutor(io_threads or min(16, 2 * (os.cpu_count() or 1)),
+                                       thread_name_prefix="synthset-io")
+        self.extension = EXTENSIONS[spec.output.image_format]
+
+    def run(self, shard: Shard, on_progress: ProgressCallback | None = None) -> dict:
+        """Generate and commit one shard; returns the content of its marker."""
+        timings: Counter[str] = Counter()
+        started = time.time()
+        self.folder.retry_count = 0
+        table = self._read(shard, timings)
+        samples = build_samples(table, shard, self.spec, self.keys)
+        writer = make_writer(self.spec.output.format, self.folder,
+                             self.keys.shard_name(shard.id), self.extension)
+        pending: list[tuple[Sample, Future]] = []
+        todo = [s for s in samples if s.status == "pending"]
+        if on_progress and len(todo) < len(samples):
+            on_progress(0, len(samples) - len(todo))
+        for start in range(0, len(todo), self.spec.runtime.batch_size):
+            batch = todo[start:start + self.spec.runtime.batch_size]
+            images = self._generate(batch, timings)
+            for s, pixels in zip(batch, images):
+                if pixels is not None:
+                    pending.append((s, self.pool.submit(self._store, writer, s, pixels)))
+            if on_progress:
+                on_progress(sum(p is not None for p in images), sum(p is None for p in images))
+        t = time.perf_counter()
+        for s, future in pending:
+            self._settle(s, future)
+        timings["image_encode_and_upload_wait"] += time.perf_counter() - t
+        t = time.perf_counter()
+        stats = self._stats(shard, samples, timings, started)
+        stats = writer.commit(self._metadata(table, samples), stats)
+        timings["metadata"] += time.perf_counter() - t
+        return stats
+
+    def _read(self, shard: Shard, timings: Counter) -> pa.Table:
+        t = time.perf_counter()
+        parts = [part for seg in shard.segments
+                 for part in read_rows(seg.path, seg.start, seg.stop, self.spec.storage_options)]
+        timings["read"] += time.perf_counter() - t
+        return pa.concat_tables(parts) if parts else pa.table({})
+
+    def _generate(self, batch: list[Sample], timings: Counter) -> list[np.ndarray | None]:
+        """Images for ``batch``; a failing batch is retried sample by sample."""
+        try:
+            return self._draw(batch, timings)
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].fail(f"generation failed: {type(e).__name__}: {e}"[:500])
+                return [None]
+            log.warning("batch of %d failed (%s); isolating samples", len(batch), e)
+            return [img for s in batch for img in self._generate([s], timings)]
+
+    def _draw(self, batch: list[Sample], timings: Counter) -> list[np.ndarray | None]:
+        t = time.perf_counter()
+        embeds = self.cache.lookup(batch)
+        for s, truncated in zip(batch, embeds.truncated):
+            s.truncated = bool(truncated)
+        timings["text_encode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        images = []
+        for i in range(0, len(batch), self.micro_batch):
+            chunk = list(range(i, min(i + self.micro_batch, len(batch))))
+            images.extend(self.model.generate(embeds.select(chunk),
+                                              [batch[j].seed for j in chunk], self.params))
+        timings["generate"] += time.perf_counter() - t
+        out: list[np.ndarray | None] = []
+        for s, pixels in zip(batch, images):
+            if is_blank(pixels):
+                s.fail("generator returned a blank image")
+                out.append(None)
+            else:
+                out.append(pixels)
+        return out
+
+    def _store(self, writer, sample: Sample, pixels: np.ndarray) -> tuple[str, str, float]:
+        t = time.perf_counter()
+        data = encode_image(pixels, self.spec.output.image_format, self.spec.output.quality)
+        name = writer.put_image(sample.key, data)
+        return hashlib.sha256(data).hexdigest(), name, time.perf_counter() - t
+
+    def _settle(self, sample: Sample, future: Future) -> None:
+        try:
+            sample.sha256, sample.file, _ = future.result()
+            sample.status = "success"
+        except Exception as e:
+            # Storage errors are not the sample's fault: fail the shard, no marker.
+            raise RuntimeError(f"writing {sample.key} failed: {e}") from e
+
+    def _stats(self, shard: Shard, samples: list[Sample], timings: Counter,
+               started: float) -> dict:
+        errors = Counter(s.error_message for s in samples if s.status == "error")
+        return {
+            "shard": shard.id, "shard_name": self.keys.shard_name(shard.id),
+            "rows": shard.num_rows, "count": len(samples),
+            "successes": sum(s.status == "success" for s in samples),
+            "failed": sum(s.status == "error" for s in samples),
+            "error_counts": dict(errors.most_common(20)),
+            "truncated": sum(s.truncated for s in samples),
+            "retries": self.folder.retry_count,
+            "embedding_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+            "start_time": started, "end_time": time.time(),
+            "duration_s": round(time.time() - started, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+        }
+
+    def _metadata(self, table: pa.Table, samples: list[Sample]) -> pa.Table:
+        p = self.params
+        spec = self.spec
+        ok = [s.status == "success" for s in samples]
+        columns = {
+            "key": [s.key for s in samples], "id": [s.id for s in samples],
+            "prompt": [s.prompt for s in samples],
+            "negative_prompt": pa.array([s.negative_prompt for s in samples], pa.string()),
+            "seed": pa.array([s.seed for s in samples], pa.int64()),
+            "image_index": pa.array([s.image_index for s in samples], pa.int32()),
+            "status": [s.status for s in samples],
+            "error_message": pa.array([s.error_message for s in samples], pa.string()),
+            "width": pa.array([p.width if k else None for k in ok], pa.int32()),
+            "height": pa.array([p.height if k else None for k in ok], pa.int32()),
+            "sha256": pa.array([s.sha256 for s in samples], pa.string()),
+            "file": pa.array([s.file for s in samples], pa.string()),
+            "truncated": [s.truncated for s in samples],
+            "model": [self.model.model_id] * len(samples),
+            "model_family": [spec.model.family] * len(samples),
+            "steps": pa.array([p.steps] * len(samples), pa.int32()),
+            "guidance_scale": pa.array([p.guidance_scale] * len(samples), pa.float32()),
+        }
+        used = {spec.input.prompt_column, spec.input.id_column, spec.input.seed_column,
+                spec.input.negative_prompt_column}
+        rows = pa.array([s.row for s in samples], pa.int64())
+        for name in table.column_names:
+            if name not in used:
+                out = name if name not in columns else f"input_{name}"
+                columns[out] = table.column(name).take(rows)
+        return pa.table(columns)

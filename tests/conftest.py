@@ -1,0 +1,75 @@
+"""Shared fixtures: one real local Ray per module, a moto S3 server on 127.0.0.1, tiny models."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key-id")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by every test in a module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto) on loopback, as s3fs's own test-suite runs it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket and the storage_options that reach it."""
+    import uuid
+
+    import s3fs
+
+    name = f"bkt-{uuid.uuid4().hex[:8]}"
+    options = {"endpoint_url": s3_endpoint}
+    s3fs.S3FileSystem(**options).mkdir(name)
+    return name, options
+
+
+@pytest.fixture(scope="session")
+def tiny_gan(tmp_path_factory) -> str:
+    """A random-weight tiny GAN saved and reloaded through save/from_pretrained."""
+    from models.gan import GanConfig, GanImageModel
+
+    path = str(tmp_path_factory.mktemp("models") / "tiny-gan")
+    GanImageModel.from_config(GanConfig.tiny(), seed=0).save_pretrained(path)
+    return path
+
+
+def write_prompts(path, prompts, row_group_size=None, **columns) -> str:
+    """A real Parquet file of prompts (plus any extra columns)."""
+    table = pa.table({"prompt": pa.array(prompts, pa.string()), **columns})
+    pq.write_table(table, str(path), row_group_size=row_group_size)
+    return str(path)

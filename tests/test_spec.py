@@ -1,0 +1,78 @@
+"""Job spec validation: every bad key or value is named with its dotted path."""
+
+import json
+
+import pytest
+
+from pipeline.spec import SpecError, build_spec, load_spec
+
+
+def test_unknown_and_missing_keys_are_named(tmp_path):
+    with pytest.raises(SpecError) as e:
+        build_spec({"input": {"pth": "x.parquet"}, "runtime": {"shard_sise": 3}})
+    msg = str(e.value)
+    assert "input.path: required" in msg
+    assert "input.pth: unknown key" in msg
+    assert "runtime.shard_sise: unknown key" in msg
+
+
+def test_bad_values_are_named_with_a_hint():
+    with pytest.raises(SpecError) as e:
+        build_spec({"input": {"path": "a"}, "generation": {"width": 2},
+                    "output": {"image_format": "gif"}, "runtime": {"actors": 0}})
+    msg = str(e.value)
+    assert "generation.width" in msg and "greater than or equal to 8" in msg
+    assert "output.image_format" in msg and "'png', 'jpeg' or 'webp'" in msg
+    assert "runtime.actors" in msg
+
+
+def test_set_overrides_any_field_and_parses_values():
+    spec = build_spec({"input": {"path": "a"}}, [
+        "runtime.batch_size=3", "generation.guidance_scale=7.5", "model.trust_remote_code=true",
+        "input.path=s3://bkt/p/*.parquet", "storage_options.endpoint_url=http://127.0.0.1:9",
+        "input.id_column=123"])
+    assert spec.runtime.batch_size == 3
+    assert spec.generation.guidance_scale == 7.5
+    assert spec.model.trust_remote_code is True
+    assert spec.input.path == "s3://bkt/p/*.parquet"
+    assert spec.input.id_column == "123"  # a column name, not the number 123
+    assert spec.storage_options["endpoint_url"] == "http://127.0.0.1:9"
+    with pytest.raises(SpecError, match="runtime.nope: unknown key"):
+        build_spec({"input": {"path": "a"}}, ["runtime.nope=1"])
+    with pytest.raises(SpecError, match="expected dotted.key=value"):
+        build_spec({"input": {"path": "a"}}, ["runtime.batch_size"])
+
+
+def test_public_dump_removes_secrets():
+    spec = build_spec({"input": {"path": "s3://user:hunter2@host/bkt/p.parquet"},
+                       "storage_options": {"key": "AKIA123", "secret": "s3cr3t",
+                                           "client_kwargs": {"aws_session_token": "SESSIONXYZ"},
+                                           "endpoint_url": "http://127.0.0.1:9000"}})
+    dumped = json.dumps(spec.public_dump())
+    for secret in ("AKIA123", "s3cr3t", "SESSIONXYZ", "hunter2"):
+        assert secret not in dumped
+    assert "http://127.0.0.1:9000" in dumped
+
+
+def test_fingerprint_ignores_runtime_knobs_but_not_content():
+    base = {"input": {"path": "a"}}
+    fp = build_spec(base).fingerprint("sig")
+    assert build_spec(base, ["runtime.actors=4", "runtime.batch_size=2"]).fingerprint("sig") == fp
+    assert build_spec(base, ["generation.seed=1"]).fingerprint("sig") != fp
+    assert build_spec(base, ["runtime.shard_size=10"]).fingerprint("sig") != fp
+    assert build_spec(base).fingerprint("other-input") != fp
+
+
+def test_load_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="job file not found"):
+        load_spec(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(str(bad))
+
+
+def test_shipped_job_files_validate():
+    for name in ("jobs/demo.yaml",):
+        spec = load_spec(name)
+        assert spec.input.path
