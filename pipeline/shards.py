@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.sources import InputSet
+import pyarrow as pa
+
+from pipeline.sources import InputFile, InputSet
 
 
 @dataclass(frozen=True)
 class Segment:
-    """Rows [start, stop) of one input file."""
+    """Rows [start, stop) of one input source (a Parquet file, or a prompt template)."""
 
-    path: str
-    name: str
+    source: InputFile
     start: int
     stop: int
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def read(self, storage_options: dict[str, Any]) -> Iterator[pa.Table]:
+        """The rows as Arrow tables, a bounded chunk (one row group) at a time."""
+        return self.source.read(self.start, self.stop, storage_options)
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ def plan_shards(inputs: InputSet, shard_size: int):
         row = 0
         while row < f.num_rows:
             take = min(shard_size - filled, f.num_rows - row)
-            segments.append(Segment(f.path, f.name, row, row + take))
+            segments.append(Segment(f, row, row + take))
             row, filled = row + take, filled + take
             if filled == shard_size:
                 yield Shard(shard_id, tuple(segments))

@@ -38,13 +38,17 @@ class InputFile:
     def num_rows(self) -> int:
         return sum(self.row_groups)
 
+    def read(self, start: int, stop: int, storage_options: dict[str, Any]):
+        """Rows [start, stop) as Arrow tables, one row group at a time."""
+        return read_rows(self.path, start, stop, storage_options)
+
 
 @dataclass(frozen=True)
 class InputSet:
     """The resolved input: files in a fixed order, and the schema they share."""
 
     url: str
-    files: tuple[InputFile, ...]
+    files: tuple  # InputFile, or any source with name, num_rows and read(start, stop, options)
     schema: pa.Schema
 
     @property

@@ -22,7 +22,6 @@ from models.base import GenerationParams, ImageModel
 from pipeline.imaging import EXTENSIONS, encode_image, is_blank
 from pipeline.samples import Sample, build_samples
 from pipeline.shards import KeyFormat, Shard
-from pipeline.sources import read_rows
 from pipeline.spec import JobSpec
 from pipeline.storage import OutputFolder
 from pipeline.writers import make_writer
@@ -120,8 +119,7 @@ class ShardWorker:
 
     def _read(self, shard: Shard, timings: Counter) -> pa.Table:
         t = time.perf_counter()
-        parts = [part for seg in shard.segments
-                 for part in read_rows(seg.path, seg.start, seg.stop, self.spec.storage_options)]
+        parts = [part for seg in shard.segments for part in seg.read(self.spec.storage_options)]
         timings["read"] += time.perf_counter() - t
         return pa.concat_tables(parts) if parts else pa.table({})
 
