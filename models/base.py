@@ -70,6 +70,10 @@ class ImageModel(abc.ABC):
         never on its position in the batch.
         """
 
+    def warmup(self, params: GenerationParams) -> None:
+        """Run once per (size, steps) bucket before timing starts; compiled models need it."""
+        return None
+
     def check_params(self, params: GenerationParams) -> None:
         """Raise ValueError if this model cannot honour ``params``."""
         if self.native_size and (params.width, params.height) != self.native_size:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from models.base import ImageModel
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
@@ -14,15 +12,19 @@ SHIPPED = {
     "gan": os.path.join(WEIGHTS_DIR, "gan-scenes-64"),
     "autoregressive": os.path.join(WEIGHTS_DIR, "ar-scenes-64"),
 }
-FAMILIES = ("gan", "autoregressive", "diffusers")
+FAMILIES = ("gan", "autoregressive", "diffusers", "null")
 
 
 def resolve_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(name: str, device: str, family: str) -> torch.dtype:
+def resolve_dtype(name: str, device: str, family: str):
     """``auto``: float32 on CPU; on CUDA bf16, or fp16 for diffusers pipelines."""
+    import torch
+
     if name == "auto":
         if device == "cpu":
             return torch.float32
@@ -44,6 +46,9 @@ def load_model(family: str, path: str | None, encoder: str | None = None, device
                trust_remote_code: bool = False,
                options: dict[str, Any] | None = None) -> ImageModel:
     """Load one model of ``family`` onto ``device``, ready for ``encode_prompt``/``generate``."""
+    if family == "null":
+        from models.null import NullImageModel
+        return NullImageModel()
     torch_dtype = resolve_dtype(dtype, device, family)
     path = model_path(family, path)
     if family == "gan":
@@ -74,6 +79,8 @@ def check_model_spec(family: str, path: str | None, width: int | None,
     """
     import json
 
+    if family == "null":
+        return
     path = model_path(family, path)
     is_local = os.path.exists(path) or path.startswith((".", "/", "~"))
     if not is_local:

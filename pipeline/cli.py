@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
-from pipeline.spec import SpecError, load_spec
+from pipeline.spec import SpecError, load_spec, parse_date, today_utc
 
 log = logging.getLogger("synthset")
 
@@ -17,25 +18,44 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job spec YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a spec field (repeatable)")
+    p.add_argument("--date", type=_date, help="run date for {date}/{run_id} in paths and the "
+                   "name (YYYY-MM-DD; default: today, UTC)")
+
+
+def _date(text: str) -> str:
+    try:
+        return parse_date(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.runner import make_plan
 
-    plan = make_plan(load_spec(args.job, args.overrides))
+    plan = make_plan(load_spec(args.job, args.overrides, args.date))
     s = plan.summary()
-    print(f"{args.job}: {s['files']} file(s), {s['prompts']} prompts, {s['images']} images, "
+    source = "a template" if plan.spec.input.template else f"{s['files']} file(s)"
+    print(f"{args.job}: {source}, {s['prompts']} prompts, {s['images']} images, "
           f"{s['shards']} shards of {s['shard_size']} -> {plan.spec.output.path} "
           f"(fingerprint {s['fingerprint']})")
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_job
 
-    spec = load_spec(args.job, args.overrides)
-    manifest = run_job(spec, overwrite=args.overwrite, address=args.address,
-                       show_progress=not args.quiet)
+    spec = load_spec(args.job, args.overrides, args.date)
+    # Pod deletion and `synthset stop` send SIGTERM: unwind so the run lock is released.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        manifest = run_job(spec, overwrite=args.overwrite, address=args.address,
+                           show_progress=not args.quiet, retry_failed=args.retry_failed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"done: {manifest['successes']} images, {manifest['failed']} failed, "
           f"{len(manifest['shards'])} shards in {spec.output.path}")
     print(f"  look at: {spec.output.path}/00000/  (images), {spec.output.path}/00000.parquet "
@@ -51,6 +71,95 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = read_status(OutputFolder(args.output, options))
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.storage import OutputFolder
+    from pipeline.verify import verify_output
+
+    options = json.loads(args.storage_options) if args.storage_options else {}
+    report = verify_output(OutputFolder(args.output, options))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+    from pipeline.storage import OutputFolder
+
+    options = json.loads(args.storage_options) if args.storage_options else {}
+    page, sheet = write_report(OutputFolder(args.output, options), args.out, options)
+    print(f"report: {page}\ncontact sheet: {sheet}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.executor.submit import SubmitError, default_working_dir, follow_logs, submit
+
+    working_dir = None if args.no_working_dir else (args.working_dir or default_working_dir())
+    try:
+        job_id = submit(args.job, args.address, args.overrides, args.date or today_utc(),
+                        working_dir)
+        print(job_id)
+        if not args.wait:
+            print(f"  follow it: synthset logs {job_id} --follow; stop it: synthset stop "
+                  f"{job_id}", file=sys.stderr)
+            return 0
+        state = follow_logs(job_id, args.address, lambda t: print(t, end="", flush=True))
+    except SubmitError as e:
+        print(f"synthset submit: {e}", file=sys.stderr)
+        return 2
+    print(f"job {job_id}: {state}", file=sys.stderr)
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from pipeline.executor.submit import SubmitError, follow_logs
+
+    try:
+        state = follow_logs(args.job_id, args.address, lambda t: print(t, end="", flush=True),
+                            follow=args.follow)
+    except SubmitError as e:
+        print(f"synthset logs: {e}", file=sys.stderr)
+        return 2
+    print(f"job {args.job_id}: {state}", file=sys.stderr)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from pipeline.executor.submit import SubmitError, stop
+
+    try:
+        stopped = stop(args.job_id, args.address)
+    except SubmitError as e:
+        print(f"synthset stop: {e}", file=sys.stderr)
+        return 2
+    print(f"job {args.job_id}: {'stopping' if stopped else 'already finished'}")
+    return 0
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray dashboard URL, e.g. http://HEAD:8265 "
+                   "(default: $RAY_ADDRESS)")
+
+
+def _cluster_commands(sub) -> None:
+    p = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs API)")
+    _spec_args(p)
+    _cluster_args(p)
+    p.add_argument("--working-dir", help="folder shipped with the job (default: this checkout)")
+    p.add_argument("--no-working-dir", action="store_true",
+                   help="ship nothing: the cluster image already has the project")
+    p.add_argument("--wait", action="store_true", help="follow the logs; exit 0 on success")
+    p.set_defaults(fn=cmd_submit)
+    for name, fn, text in (("logs", cmd_logs, "print a submitted job's logs"),
+                           ("stop", cmd_stop, "stop a submitted job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id", help="the id printed by synthset submit")
+        _cluster_args(p)
+        if name == "logs":
+            p.add_argument("--follow", "-f", action="store_true", help="stream until it ends")
+        p.set_defaults(fn=fn)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -70,6 +179,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+
+    print(run_bench(args))
+    return 0
+
+
+def _bench_command(sub) -> None:
+    p = sub.add_parser("bench", help="pipeline vs raw model loop vs Ray Data, side by side")
+    p.add_argument("--family", default="diffusers", choices=["gan", "autoregressive",
+                                                             "diffusers", "null"])
+    p.add_argument("--model", help="model folder (diffusers: required; make bench builds a "
+                   "tiny Stable Diffusion)")
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--size", type=int, default=64, help="width = height")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--image-format", default="png", choices=["png", "jpeg", "webp"])
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workdir", help="where inputs and outputs go (default: a temp folder)")
+    p.add_argument("--skip-s3", action="store_true")
+    p.add_argument("--skip-ray-data", action="store_true")
+    p.add_argument("--plan-rows", type=int, metavar="N",
+                   help="instead: time planning an N-prompt Parquet, with driver memory")
+    p.set_defaults(fn=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthset", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -83,12 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing output that holds a different job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also regenerate the failed samples (status=error) of committed shards")
     p.set_defaults(fn=cmd_run)
+    _cluster_commands(sub)
     p = sub.add_parser("status", help="progress of a job, read from its output")
     p.add_argument("output", help="the job's output.path (any fsspec URL)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--storage-options", help="JSON dict passed to fsspec")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("verify", help="check an output against its markers and checksums")
+    p.add_argument("output", help="the job's output.path (any fsspec URL)")
+    p.add_argument("--storage-options", help="JSON dict passed to fsspec")
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("report", help="write an HTML report and a PNG contact sheet of a run")
+    p.add_argument("output", help="the job's output.path (any fsspec URL)")
+    p.add_argument("--out", help="HTML file to write (default: OUTPUT/report.html; the PNG "
+                   "goes beside it)")
+    p.add_argument("--storage-options", help="JSON dict passed to fsspec")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("train", help="train or fine-tune a gan/autoregressive model")
     p.add_argument("config", help="training config YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -99,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=2, help="images per held-out combination")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_eval)
+    _bench_command(sub)
     return parser
 
 
@@ -107,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from pipeline.lock import LockHeld, LockLost
     from pipeline.runner import JobFailed
     from pipeline.sources import InputError
     from pipeline.storage import StorageError
@@ -116,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, InputError, StorageError, FileNotFoundError) as e:
         print(f"synthset {args.command}: {e}", file=sys.stderr)
         return 2
-    except JobFailed as e:
+    except LockHeld as e:
+        print(f"synthset {args.command}: {e}", file=sys.stderr)
+        return 3
+    except (JobFailed, LockLost) as e:
         print(f"synthset {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.storage import OutputFolder
+from pipeline.storage import OutputFolder, StorageError
 from pipeline.writers import marker_name
 
 PROGRESS = "_progress.json"
 JOB = "_job.json"
 SUCCESS = "_SUCCESS"
+log = logging.getLogger("synthset")
 
 
 class Progress:
@@ -79,8 +81,12 @@ class Progress:
         }
 
     def flush(self, state: str) -> None:
+        """Write ``_progress.json``; it is advisory, so a storage outage only logs."""
         self._flushed = time.time()
-        self.folder.write_json(PROGRESS, self.snapshot(state))
+        try:
+            self.folder.write_json(PROGRESS, self.snapshot(state))
+        except StorageError as e:
+            log.warning("progress not saved: %s", e)
 
     def close(self, state: str) -> None:
         self.flush(state)

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.lock import RunLock
 from pipeline.progress import JOB, SUCCESS, Progress, committed_shards
+from pipeline.retry import check_retry, drop_success, retry_shards
 from pipeline.shards import KeyFormat, key_format, num_shards, plan_shards
 from pipeline.sources import InputSet, resolve_input
 from pipeline.spec import JobSpec, SpecError
@@ -19,7 +21,7 @@ from pipeline.storage import OutputFolder
 from pipeline.writers import marker_name
 
 log = logging.getLogger("synthset")
-IMPLEMENTED_FORMATS = ("files",)
+IMPLEMENTED_FORMATS = ("files", "webdataset", "parquet")
 
 
 @dataclass
@@ -100,15 +102,51 @@ def read_markers(folder: OutputFolder, names: list[str]) -> list[dict]:
 
 
 def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
-            show_progress: bool = True) -> dict[str, Any]:
-    """Run every shard without a marker; write ``_SUCCESS`` when all are committed."""
+            show_progress: bool = True, retry_failed: bool = False) -> dict[str, Any]:
+    """Run every shard without a marker; write ``_SUCCESS`` when all are committed.
+
+    A job already complete with the same fingerprint is left alone (a nightly run started
+    twice for one date does nothing the second time); one lock object per output folder
+    keeps two runs from working on it at once. ``retry_failed`` also regenerates the
+    failed samples of committed shards (``pipeline/retry.py``).
+    """
     plan = make_plan(spec)
     folder = open_output(spec)
-    claim_output(folder, plan, overwrite)
-    done_names = set(committed_shards(folder))
-    already = read_markers(folder, sorted(done_names))
-    pending = [s for s in plan_shards(plan.inputs, spec.runtime.shard_size)
-               if plan.keys.shard_name(s.id) not in done_names]
+    if retry_failed:
+        check_retry(folder, overwrite)
+    finished = folder.read_json(SUCCESS)
+    if finished and finished.get("fingerprint") == plan.fingerprint and not overwrite \
+            and not retry_failed:
+        log.info("%s is already complete; nothing to do", folder.display())
+        return finished
+    with RunLock(folder, spec.runtime.lock_timeout_s, spec.name) as lock:
+        claim_output(folder, plan, overwrite)
+        lock.refresh()  # --overwrite deleted the folder, lock object included
+        return _run_pending(plan, folder, lock, address, show_progress, retry_failed)
+
+
+def _pending(plan: Plan, folder: OutputFolder, retry_failed: bool) -> tuple[list, list]:
+    """(shards to run, markers of the committed shards left alone)."""
+    names = sorted(committed_shards(folder))
+    markers = dict(zip(names, read_markers(folder, names)))
+    shards = list(plan_shards(plan.inputs, plan.spec.runtime.shard_size))
+    pending = [s for s in shards if plan.keys.shard_name(s.id) not in markers]
+    if retry_failed:
+        redo = retry_shards(folder, shards, markers, plan.keys.shard_name)
+        if redo:
+            log.info("retrying %d failed samples in %d shards",
+                     sum(len(s.retry_keys) for s in redo), len(redo))
+            drop_success(folder)  # the dataset is not final until the retry commits
+        for shard in redo:
+            del markers[plan.keys.shard_name(shard.id)]
+        pending = sorted(pending + redo, key=lambda s: s.id)
+    return pending, list(markers.values())
+
+
+def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str | None,
+                 show_progress: bool, retry_failed: bool = False) -> dict[str, Any]:
+    spec = plan.spec
+    pending, already = _pending(plan, folder, retry_failed)
     progress = Progress(folder, plan.fingerprint, plan.shards, plan.images,
                         spec.generation.images_per_prompt, already,
                         spec.runtime.progress_interval_s, show_progress)
@@ -117,10 +155,15 @@ def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
     failed: dict[int, str] = {}
     try:
         if pending:
-            from pipeline.executor import RayExecutor, connect
+            from pipeline.executor import ExecutorError, RayExecutor, connect
 
             connect(address)
-            failed = RayExecutor(spec, plan.keys, progress).run(pending).failed
+            try:
+                failed = RayExecutor(spec, plan.keys, progress).run(pending).failed
+            except ExecutorError as e:
+                raise JobFailed(f"{e}; committed shards are kept, a rerun resumes") from None
+        if not failed:  # the check guards _SUCCESS; in an outage it would hide JobFailed
+            lock.check()
     except BaseException:
         progress.close("failed")
         raise

@@ -35,8 +35,10 @@ class Sample:
         self.status, self.error_message = "error", message
 
 
-def prompt_problem(prompt: object) -> str | None:
+def prompt_problem(prompt: object, what: str = "prompt") -> str | None:
     """Why a prompt cannot be generated, or None if it can."""
+    if isinstance(prompt, bytes):
+        return f"{what} is not valid UTF-8 ({utf8_error(prompt)})"
     if prompt is None:
         return "prompt is null"
     if not isinstance(prompt, str):
@@ -44,6 +46,48 @@ def prompt_problem(prompt: object) -> str | None:
     if not prompt.strip():
         return "prompt is empty or whitespace only"
     return None
+
+
+def utf8_error(data: bytes) -> str:
+    try:
+        data.decode()
+    except UnicodeDecodeError as e:
+        return f"byte {e.start}: {e.reason}"
+    return "valid"
+
+
+def texts(column: pa.ChunkedArray) -> list:
+    """The column as Python values; a string that is not valid UTF-8 (lone surrogates
+    included) comes back as its raw bytes, for the caller to quarantine."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        return [_decode(v) for v in column.cast(pa.binary()).to_pylist()]
+
+
+def _decode(value: bytes | None) -> str | bytes | None:
+    try:
+        return None if value is None else value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def utf8_safe(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A string column with invalid UTF-8 repaired (as \\xNN), so outputs stay readable."""
+    if not pa.types.is_string(column.type):
+        return column
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        raw = column.cast(pa.binary()).to_pylist()
+        return pa.chunked_array([pa.array([v if v is None else v.decode(errors="backslashreplace")
+                                           for v in raw], pa.string())])
+
+
+def readable(value: object) -> object:
+    """Raw bytes of a quarantined value, shown as text (invalid bytes as \\xNN)."""
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
 def clean_prompt(prompt: str) -> str:
@@ -54,15 +98,16 @@ def clean_prompt(prompt: str) -> str:
 def sample_ids(table: pa.Table, shard: Shard, id_column: str | None) -> list[str]:
     """The id column as strings, or a stable ``file#row`` id from the input position."""
     if id_column:
-        return [None if v is None else str(v) for v in table.column(id_column).to_pylist()]
+        return [v if v is None or isinstance(v, bytes) else str(v)
+                for v in texts(table.column(id_column))]
     return [f"{seg.name}#{row}" for seg in shard.segments for row in range(seg.start, seg.stop)]
 
 
 def build_samples(table: pa.Table, shard: Shard, spec: JobSpec, keys: KeyFormat) -> list[Sample]:
     """Every requested image of the shard, bad rows already marked as errors."""
     inp, per_prompt = spec.input, spec.generation.images_per_prompt
-    prompts = table.column(inp.prompt_column).to_pylist()
-    negatives = (table.column(inp.negative_prompt_column).to_pylist()
+    prompts = texts(table.column(inp.prompt_column))
+    negatives = (texts(table.column(inp.negative_prompt_column))
                  if inp.negative_prompt_column else [None] * len(prompts))
     seeds = (table.column(inp.seed_column).to_pylist()
              if inp.seed_column else [None] * len(prompts))
@@ -71,15 +116,18 @@ def build_samples(table: pa.Table, shard: Shard, spec: JobSpec, keys: KeyFormat)
     samples = []
     for row, (prompt, negative, seed, sid) in enumerate(zip(prompts, negatives, seeds, ids)):
         problem = prompt_problem(prompt)
-        if sid is None:
-            problem, sid = "id is null", f"{shard.segments[0].name}#row{row}"
+        if isinstance(negative, bytes):
+            problem = prompt_problem(negative, "negative prompt")
+        if sid is None or isinstance(sid, bytes):
+            problem = "id is null" if sid is None else prompt_problem(sid, "id")
+            sid = f"{shard.segments[0].name}#row{row}"
         elif sid in seen and inp.duplicate_ids == "error":
             problem = f"duplicate id {sid!r} in this shard"
         seen.add(sid)
         for i in range(per_prompt):
             s = Sample(
                 key=keys.key(shard.id, row * per_prompt + i), row=row, id=sid,
-                prompt=clean_prompt(prompt) if problem is None else prompt,
+                prompt=clean_prompt(prompt) if problem is None else readable(prompt),
                 negative_prompt=negative if isinstance(negative, str) else None,
                 seed=(seed + i) if seed is not None else derive_seed(spec.generation.seed, sid, i),
                 image_index=i)

@@ -30,10 +30,15 @@ class Segment:
 
 @dataclass(frozen=True)
 class Shard:
-    """The unit of work: a stable id and the input rows it covers, in order."""
+    """The unit of work: a stable id and the input rows it covers, in order.
+
+    ``retry_keys`` (``--retry-failed``): the shard is committed; regenerate only these
+    failed samples and carry the rest over. None for a first run.
+    """
 
     id: int
     segments: tuple[Segment, ...]
+    retry_keys: tuple[str, ...] | None = None
 
     @property
     def num_rows(self) -> int:

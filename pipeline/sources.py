@@ -38,6 +38,10 @@ class InputFile:
     def num_rows(self) -> int:
         return sum(self.row_groups)
 
+    def identity(self) -> tuple[str, int, int]:
+        """What the input signature covers for this file."""
+        return self.name, self.size, self.num_rows
+
     def read(self, start: int, stop: int, storage_options: dict[str, Any]):
         """Rows [start, stop) as Arrow tables, one row group at a time."""
         return read_rows(self.path, start, stop, storage_options)
@@ -48,7 +52,8 @@ class InputSet:
     """The resolved input: files in a fixed order, and the schema they share."""
 
     url: str
-    files: tuple  # InputFile, or any source with name, num_rows and read(start, stop, options)
+    # InputFile, or any source with name, num_rows, identity() and read(start, stop, options)
+    files: tuple
     schema: pa.Schema
 
     @property
@@ -56,13 +61,17 @@ class InputSet:
         return sum(f.num_rows for f in self.files)
 
     def signature(self) -> str:
-        """Changes whenever the files, their sizes or their row counts change."""
-        blob = json.dumps([(f.name, f.size, f.num_rows) for f in self.files]).encode()
+        """Changes whenever the files, their sizes or row counts (or the template) change."""
+        blob = json.dumps([f.identity() for f in self.files]).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def resolve_input(spec: InputSpec, storage_options: dict[str, Any]) -> InputSet:
     """List, open and check every input file; raise InputError with a clear reason."""
+    if spec.template is not None:
+        from pipeline.templates import resolve_template
+
+        return resolve_template(spec)
     fs, path = open_input_fs(spec.path, storage_options)
     paths, root = _list_files(fs, path, spec.path)
     files, schemas = [], []

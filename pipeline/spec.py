@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.template_spec import TemplateSpec
 
 
 class SpecError(ValueError):
@@ -19,8 +22,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_NO_SOURCE = "\0 no input source"
+
+
 class InputSpec(_Section):
-    path: str = Field(description="a Parquet file, folder or glob on any fsspec URL")
+    path: str | None = Field(None, description="a Parquet file, folder or glob on any fsspec URL")
+    template: TemplateSpec | None = Field(None, description="prompts from a template instead")
     prompt_column: str = "prompt"
     id_column: str | None = Field(None, description="unique sample ids; default: file#row")
     seed_column: str | None = Field(None, description="per-row integer seeds")
@@ -29,9 +36,37 @@ class InputSpec(_Section):
         "error", description="what to do when id_column repeats within a shard"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_no_source(cls, data: Any) -> Any:
+        # Flag the missing source on `path` itself, so the error shows next to any others.
+        if isinstance(data, dict) and data.get("path") is None and data.get("template") is None:
+            return {**data, "path": _NO_SOURCE}
+        return data
+
+    @field_validator("path")
+    @classmethod
+    def _path_required(cls, v: str | None) -> str | None:
+        if v == _NO_SOURCE:
+            raise ValueError("required (or give input.template instead)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if self.path is not None and self.template is not None:
+            raise ValueError("template: give either input.path or input.template, not both")
+        if self.template is not None:
+            for name in ("id_column", "seed_column", "negative_prompt_column"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: not used with input.template (rows are "
+                                     "identified as template#ROW)")
+            if self.prompt_column in self.template.slots:
+                raise ValueError(f"prompt_column: {self.prompt_column!r} is also a slot name")
+        return self
+
 
 class ModelSpec(_Section):
-    family: Literal["gan", "autoregressive", "diffusers"] = "gan"
+    family: Literal["gan", "autoregressive", "diffusers", "null"] = "gan"
     path: str | None = Field(None, description="model folder or hub id; default: shipped model")
     encoder: str | None = Field(None, description="text encoder folder or hub id (gan/AR)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -64,12 +99,19 @@ class RuntimeSpec(_Section):
     shard_size: int = Field(1000, ge=1, le=1_000_000)
     shards_in_flight: int = Field(2, ge=1, le=16, description="queued shards per actor")
     max_shard_attempts: int = Field(3, ge=1, le=100)
+    max_actor_failures: int = Field(
+        8, ge=0, description="actor start failures and deaths tolerated before the job stops")
+    stall_timeout_s: float = Field(
+        900, gt=0, description="an actor holding work with no batch done for this long is "
+        "killed and replaced")
     cpus_per_actor: int | None = Field(None, ge=1, description="default: all CPUs when no GPU")
     progress_interval_s: float = Field(2.0, gt=0)
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="encode and generate one sample per forward so images are "
         "byte-identical across batch, shard and actor layouts; 'auto' = on CPU only")
     embedding_cache: int = Field(4096, ge=0, description="encoded prompts kept per actor")
+    lock_timeout_s: float = Field(
+        900, gt=0, description="a run lock whose heartbeat is older than this can be taken over")
 
     @field_validator("actors")
     @classmethod
@@ -106,7 +148,8 @@ class JobSpec(_Section):
 
 
 _SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|key$|^key|signature", re.I)
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# user:password@ (a password may hold an unescaped "/") or user@
+_URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^/@\s:]+:[^@\s]+|[^/@\s]+)@")
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -134,11 +177,14 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise SpecError(f"--set {dotted}: {part!r} is not a section")
         node = child
-    value = yaml.safe_load(text) if text.strip() else ""
-    # Paths and ids stay strings even when YAML would read them as numbers or dates.
-    if parts[-1] in ("path", "encoder", "name") or parts[-1].endswith("_column"):
-        value = text
-    node[parts[-1]] = value
+    # Paths, ids and template text stay strings even when YAML would read them otherwise.
+    if parts[-1] in ("path", "encoder", "name", "text") or parts[-1].endswith("_column"):
+        node[parts[-1]] = text
+        return
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {dotted}: {text!r} is not a YAML value ({e})") from None
 
 
 def _field_hint(loc: tuple[Any, ...]) -> str:
@@ -153,12 +199,25 @@ def _field_hint(loc: tuple[Any, ...]) -> str:
     return f" ({field.description})" if field is not None and field.description else ""
 
 
+_FIELD_PREFIX = re.compile(r"^Value error, (\w+): (.*)$", re.S)
+
+
+def _value_error(loc: tuple[Any, ...], msg: str) -> tuple[tuple[Any, ...], str]:
+    """A cross-field check says ``field: why``; move ``field`` into the dotted path."""
+    match = _FIELD_PREFIX.match(msg)
+    if not match:
+        return loc, msg.removeprefix("Value error, ")
+    return (*loc, match.group(1)), match.group(2)
+
+
 def _describe(error: ValidationError) -> str:
     problems: dict[str, list[str]] = {}
     for e in error.errors():
         # Union members add their type name to the location; the field path is what matters.
         loc = tuple(p for p in e["loc"] if not str(p).startswith(("int", "literal")))
         msg = e["msg"]
+        if e["type"] == "value_error":
+            loc, msg = _value_error(loc, msg)
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against the README's job spec table"
         elif e["type"] == "missing":
@@ -169,19 +228,67 @@ def _describe(error: ValidationError) -> str:
     return "invalid job spec:\n" + "\n".join(lines)
 
 
-def build_spec(raw: dict[str, Any], overrides: list[str] = ()) -> JobSpec:
-    """Validate a raw dict (plus ``--set`` overrides) into a JobSpec or raise SpecError."""
+def today_utc() -> str:
+    """Today's date in UTC as YYYY-MM-DD: the default run date."""
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
+def parse_date(text: str) -> str:
+    """Check a YYYY-MM-DD date and return it unchanged."""
+    try:
+        return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise SpecError(f"--date {text!r}: expected YYYY-MM-DD") from None
+
+
+_DATED_FIELDS = (("name",), ("input", "path"), ("output", "path"))
+_SEED_FIELDS = (("generation", "seed"), ("input", "template", "seed"))
+
+
+def _node(raw: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    for part in path[:-1]:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw if isinstance(raw, dict) else None
+
+
+def apply_date(raw: dict[str, Any], date: str) -> None:
+    """Fill ``{date}`` and ``{run_id}`` (name-date) in the job name and input/output paths.
+
+    A seed written as ``"{date}"`` becomes YYYYMMDD, so each night draws new prompts and
+    images while a rerun of the same date draws the same ones. Nothing else is touched:
+    a template's own ``{slot}`` braces stay as they are.
+    """
+    name = str(raw.get("name", "job"))
+    if "{run_id}" in name:
+        raise SpecError("name: cannot contain {run_id} (the run id is made from the name)")
+    run_id = name.replace("{date}", date) if "{date}" in name else f"{name}-{date}"
+    for path in _DATED_FIELDS:
+        node = _node(raw, path)
+        if node is not None and isinstance(node.get(path[-1]), str):
+            node[path[-1]] = node[path[-1]].replace("{date}", date).replace("{run_id}", run_id)
+    for path in _SEED_FIELDS:
+        node = _node(raw, path)
+        if node is not None and node.get(path[-1]) == "{date}":
+            node[path[-1]] = int(date.replace("-", ""))
+
+
+def build_spec(raw: dict[str, Any], overrides: list[str] = (), date: str | None = None) -> JobSpec:
+    """Validate a raw dict (plus ``--set`` overrides) into a JobSpec or raise SpecError.
+
+    ``{date}``/``{run_id}`` placeholders are filled with ``date`` (default: today, UTC).
+    """
     raw = json.loads(json.dumps(raw or {}, default=str))
     for assignment in overrides:
         apply_override(raw, assignment)
+    apply_date(raw, parse_date(date) if date else today_utc())
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
         raise SpecError(_describe(e)) from None
 
 
-def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
-    """Read a YAML job file and validate it with ``--set`` overrides applied."""
+def load_spec(path: str, overrides: list[str] = (), date: str | None = None) -> JobSpec:
+    """Read a YAML job file and validate it with ``--set`` overrides and the run date."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -191,4 +298,4 @@ def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
         raise SpecError(f"{path} is not valid YAML: {e}") from None
     if raw is not None and not isinstance(raw, dict):
         raise SpecError(f"{path}: a job spec is a YAML mapping of sections")
-    return build_spec(raw or {}, overrides)
+    return build_spec(raw or {}, overrides, date)

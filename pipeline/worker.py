@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -20,7 +22,8 @@ import pyarrow as pa
 
 from models.base import GenerationParams, ImageModel
 from pipeline.imaging import EXTENSIONS, encode_image, is_blank
-from pipeline.samples import Sample, build_samples
+from pipeline.retry import carry_over
+from pipeline.samples import Sample, build_samples, utf8_safe
 from pipeline.shards import KeyFormat, Shard
 from pipeline.spec import JobSpec
 from pipeline.storage import OutputFolder
@@ -80,10 +83,14 @@ class ShardWorker:
                  deterministic: bool, io_threads: int | None = None):
         self.spec, self.model, self.keys, self.folder = spec, model, keys, folder
         self.params = generation_params(spec, model)
+        model.warmup(self.params)  # one bucket per job: (width, height, steps) are job-wide
         self.micro_batch = 1 if deterministic else spec.runtime.batch_size
         self.cache = EmbeddingCache(model, spec.runtime.embedding_cache, deterministic)
-        self.pool = ThreadPoolExecutor(io_threads or min(16, 2 * (os.cpu_count() or 1)),
-                                       thread_name_prefix="synthset-io")
+        threads = io_threads or min(16, 2 * (os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="synthset-io")
+        self.in_flight = threading.BoundedSemaphore(max(2 * spec.runtime.batch_size, 2 * threads))
+        self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="synthset-prefetch")
+        self.cache_lock = threading.Lock()
         self.extension = EXTENSIONS[spec.output.image_format]
 
     def run(self, shard: Shard, on_progress: ProgressCallback | None = None) -> dict:
@@ -93,24 +100,34 @@ class ShardWorker:
         self.folder.retry_count = 0
         table = self._read(shard, timings)
         samples = build_samples(table, shard, self.spec, self.keys)
+        retrying = shard.retry_keys is not None
         writer = make_writer(self.spec.output.format, self.folder,
-                             self.keys.shard_name(shard.id), self.extension)
+                             self.keys.shard_name(shard.id), self.extension, replace=retrying)
+        if retrying:
+            carry_over(self.folder, writer, samples, shard.retry_keys)
         pending: list[tuple[Sample, Future]] = []
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
-            on_progress(0, len(samples) - len(todo))
-        for start in range(0, len(todo), self.spec.runtime.batch_size):
-            batch = todo[start:start + self.spec.runtime.batch_size]
-            images = self._generate(batch, timings)
+            carried = sum(s.status == "success" for s in samples)
+            on_progress(carried, len(samples) - len(todo) - carried)
+        size = self.spec.runtime.batch_size
+        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+        # Text encoding of batch k+1 overlaps generation of batch k.
+        ahead = self.prefetch.submit(self._embed, batches[0], timings) if batches else None
+        for k, batch in enumerate(batches):
+            embedded = ahead
+            if k + 1 < len(batches):
+                ahead = self.prefetch.submit(self._embed, batches[k + 1], timings)
+            images = self._generate(batch, timings, embedded)
             for s, pixels in zip(batch, images):
                 if pixels is not None:
-                    pending.append((s, self.pool.submit(self._store, writer, s, pixels)))
+                    pending.append((s, self._submit_store(writer, s, pixels)))
             if on_progress:
                 on_progress(sum(p is not None for p in images), sum(p is None for p in images))
         t = time.perf_counter()
         for s, future in pending:
-            self._settle(s, future)
-        timings["image_encode_and_upload_wait"] += time.perf_counter() - t
+            timings["image_encode_and_upload"] += self._settle(s, future)
+        timings["wait_for_uploads"] += time.perf_counter() - t
         t = time.perf_counter()
         stats = self._stats(shard, samples, timings, started)
         stats = writer.commit(self._metadata(table, samples), stats)
@@ -123,10 +140,19 @@ class ShardWorker:
         timings["read"] += time.perf_counter() - t
         return pa.concat_tables(parts) if parts else pa.table({})
 
-    def _generate(self, batch: list[Sample], timings: Counter) -> list[np.ndarray | None]:
+    def _embed(self, batch: list[Sample], timings: Counter):
+        t = time.perf_counter()
+        with self.cache_lock:  # the prefetch thread and sample isolation share the cache
+            embeds = self.cache.lookup(batch)
+        timings["text_encode"] += time.perf_counter() - t
+        return embeds
+
+    def _generate(self, batch: list[Sample], timings: Counter,
+                  embedded: Future | None = None) -> list[np.ndarray | None]:
         """Images for ``batch``; a failing batch is retried sample by sample."""
         try:
-            return self._draw(batch, timings)
+            embeds = embedded.result() if embedded else self._embed(batch, timings)
+            return self._draw(batch, embeds, timings)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].fail(f"generation failed: {type(e).__name__}: {e}"[:500])
@@ -134,12 +160,9 @@ class ShardWorker:
             log.warning("batch of %d failed (%s); isolating samples", len(batch), e)
             return [img for s in batch for img in self._generate([s], timings)]
 
-    def _draw(self, batch: list[Sample], timings: Counter) -> list[np.ndarray | None]:
-        t = time.perf_counter()
-        embeds = self.cache.lookup(batch)
+    def _draw(self, batch: list[Sample], embeds, timings: Counter) -> list[np.ndarray | None]:
         for s, truncated in zip(batch, embeds.truncated):
             s.truncated = bool(truncated)
-        timings["text_encode"] += time.perf_counter() - t
         t = time.perf_counter()
         images = []
         for i in range(0, len(batch), self.micro_batch):
@@ -156,16 +179,23 @@ class ShardWorker:
                 out.append(pixels)
         return out
 
+    def _submit_store(self, writer, sample: Sample, pixels: np.ndarray) -> Future:
+        self.in_flight.acquire()  # backpressure: bounded images waiting for encode/upload
+        future = self.pool.submit(self._store, writer, sample, pixels)
+        future.add_done_callback(lambda _: self.in_flight.release())
+        return future
+
     def _store(self, writer, sample: Sample, pixels: np.ndarray) -> tuple[str, str, float]:
         t = time.perf_counter()
         data = encode_image(pixels, self.spec.output.image_format, self.spec.output.quality)
         name = writer.put_image(sample.key, data)
         return hashlib.sha256(data).hexdigest(), name, time.perf_counter() - t
 
-    def _settle(self, sample: Sample, future: Future) -> None:
+    def _settle(self, sample: Sample, future: Future) -> float:
         try:
-            sample.sha256, sample.file, _ = future.result()
+            sample.sha256, sample.file, seconds = future.result()
             sample.status = "success"
+            return seconds
         except Exception as e:
             # Storage errors are not the sample's fault: fail the shard, no marker.
             raise RuntimeError(f"writing {sample.key} failed: {e}") from e
@@ -185,6 +215,7 @@ class ShardWorker:
             "start_time": started, "end_time": time.time(),
             "duration_s": round(time.time() - started, 3),
             "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
     def _metadata(self, table: pa.Table, samples: list[Sample]) -> pa.Table:
@@ -215,5 +246,5 @@ class ShardWorker:
         for name in table.column_names:
             if name not in used:
                 out = name if name not in columns else f"input_{name}"
-                columns[out] = table.column(name).take(rows)
+                columns[out] = utf8_safe(table.column(name).take(rows))
         return pa.table(columns)

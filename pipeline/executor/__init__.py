@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from pipeline.executor.metrics import MeteredProgress
 from pipeline.shards import KeyFormat, Shard
 from pipeline.spec import JobSpec
 
@@ -31,22 +33,26 @@ def connect(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local" always starts an embedded instance, never a stray cluster on this host.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}})
 
 
 @ray.remote
 class _ProgressSink:
-    """Collects per-batch counts from actors so the driver's bar moves within shards."""
+    """Per-batch counts and heartbeats from actors: the bar moves within shards, stalls show."""
 
     def __init__(self) -> None:
         self.done = self.failed = 0
+        self.seen: dict[int, float] = {}
 
-    def report(self, done: int, failed: int) -> None:
+    def report(self, slot: int, done: int, failed: int) -> None:
         self.done += done
         self.failed += failed
+        self.seen[slot] = time.time()
 
-    def take(self) -> tuple[int, int]:
-        counts = (self.done, self.failed)
+    def take(self) -> tuple[int, int, dict[int, float]]:
+        counts = (self.done, self.failed, dict(self.seen))
         self.done = self.failed = 0
         return counts
 
@@ -54,14 +60,16 @@ class _ProgressSink:
 class GenerationActor:
     """Holds one loaded model and a ShardWorker; ``run_shard`` commits one shard."""
 
-    def __init__(self, spec_json: str, keys: KeyFormat, cpus: int, sink) -> None:
+    def __init__(self, spec_json: str, keys: KeyFormat, cpus: int, sink, slot: int) -> None:
         import torch
+        from transformers.utils import logging as hf_logging
 
         from models.registry import load_model, resolve_device
         from pipeline.storage import OutputFolder
         from pipeline.worker import ShardWorker
 
         torch.set_num_threads(max(1, cpus))
+        hf_logging.disable_progress_bar()
         self.spec = JobSpec.model_validate_json(spec_json)
         self.device = resolve_device()
         m = self.spec.model
@@ -73,14 +81,14 @@ class GenerationActor:
         if deterministic == "auto":
             deterministic = self.device == "cpu"
         self.worker = ShardWorker(self.spec, model, keys, folder, deterministic)
-        self.sink = sink
+        self.sink, self.slot = sink, slot
 
     def ready(self) -> dict:
         return {"device": self.device, "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
 
     def run_shard(self, shard: Shard) -> dict:
-        return self.worker.run(shard, lambda d, f: self.sink.report.remote(d, f))
+        return self.worker.run(shard, lambda d, f: self.sink.report.remote(self.slot, d, f))
 
 
 @dataclass
@@ -105,88 +113,167 @@ def plan_actors(spec: JobSpec) -> tuple[int, dict]:
     return count, {"num_gpus": 0, "num_cpus": per_actor}
 
 
+@dataclass(eq=False)
+class _Slot:
+    """One actor as the driver sees it: starting, then ready, then maybe lost."""
+
+    id: int
+    handle: object
+    ready_ref: object
+    ready: bool = False
+    last_seen: float = field(default_factory=time.time)
+    lost_reason: str = ""
+
+
+class ExecutorError(RuntimeError):
+    """The pool cannot make progress (actors keep failing to start or dying)."""
+
+
 class RayExecutor:
-    """Runs shards on a pool of GenerationActors until each is committed or given up."""
+    """Runs shards on a pool of GenerationActors until each is committed or given up.
+
+    Actors that die (SIGKILL, node loss, preemption) are replaced and their shards
+    resubmitted; actors that fail to start are tolerated up to
+    ``runtime.max_actor_failures``; an actor silent for ``runtime.stall_timeout_s``
+    while it holds work is killed and replaced.
+    """
 
     def __init__(self, spec: JobSpec, keys: KeyFormat, progress) -> None:
-        self.spec, self.keys, self.progress = spec, keys, progress
+        self.spec, self.keys = spec, keys
+        self.progress = MeteredProgress(progress, spec.name)  # and Prometheus metrics
+        self.rt = spec.runtime
         self.count, self.resources = plan_actors(spec)
         self.sink = _ProgressSink.options(num_cpus=0).remote()
         self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(GenerationActor)
         self.spec_json = spec.model_dump_json()
-        self.replacements = 0
-
-    def _new_actor(self):
-        return self.actor_class.options(**self.resources).remote(
-            self.spec_json, self.keys, self.resources["num_cpus"], self.sink)
+        self.slots: list[_Slot] = []
+        self.inflight: dict = {}  # ObjectRef -> (slot, shard)
+        self.queue: deque[Shard] = deque()
+        self.attempts: Counter[int] = Counter()
+        self.actor_failures = 0
+        self.outcome = RunOutcome()
+        self._next_id = 0
 
     def run(self, shards: list[Shard]) -> RunOutcome:
-        outcome = RunOutcome()
-        queue: deque[Shard] = deque(shards)
-        attempts: Counter[int] = Counter()
-        inflight: dict = {}
-        actors = [self._new_actor() for _ in range(min(self.count, len(shards)))]
-        log.info("starting %d actor(s) with %s", len(actors), self.resources)
-
-        def feed(actor) -> None:
-            while queue and sum(a is actor for a, _ in inflight.values()) < \
-                    self.spec.runtime.shards_in_flight:
-                shard = queue.popleft()
-                inflight[actor.run_shard.remote(shard)] = (actor, shard)
-
-        for actor in actors:
-            feed(actor)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1,
-                                timeout=self.spec.runtime.progress_interval_s)
+        self.queue.extend(shards)
+        for _ in range(min(self.count, len(shards))):
+            self._start_actor()
+        log.info("starting %d actor(s) with %s", len(self.slots), self.resources)
+        try:
+            while self.queue or self.inflight:
+                self._step()
+        finally:
             self._poll_progress()
-            for ref in ready:
-                actor, shard = inflight.pop(ref)
-                try:
-                    stats = ray.get(ref)
-                    outcome.committed.append(stats)
-                    self.progress.shard_done(stats)
-                except RayActorError as e:
-                    actor = self._replace(actor, actors, inflight, e)
-                    self._retry(shard, attempts, queue, outcome, f"actor died: {e}")
-                except RayTaskError as e:
-                    self._retry(shard, attempts, queue, outcome, _cause(e))
-                if actor is not None:
-                    feed(actor)
-            if queue and not inflight:
-                feed(actors[0])
-        self._poll_progress()
-        return outcome
+            self.progress.in_flight(0)
+            for slot in self.slots:
+                ray.kill(slot.handle)
+            ray.kill(self.sink)
+        return self.outcome
 
-    def _retry(self, shard: Shard, attempts: Counter, queue: deque, outcome: RunOutcome,
-               reason: str) -> None:
-        attempts[shard.id] += 1
-        if attempts[shard.id] >= self.spec.runtime.max_shard_attempts:
-            log.error("shard %d failed %d times, giving up: %s", shard.id, attempts[shard.id],
-                      reason)
-            outcome.failed[shard.id] = reason
+    def _step(self) -> None:
+        waiting = {s.ready_ref: s for s in self.slots if not s.ready}
+        refs = list(self.inflight) + list(waiting)
+        if not refs:
+            raise ExecutorError("no actor is left to run the remaining shards")
+        ready, _ = ray.wait(refs, num_returns=1, timeout=self.rt.progress_interval_s)
+        for ref in ready:
+            if ref in waiting:
+                self._on_ready(waiting[ref], ref)
+            else:
+                self._on_result(ref)
+        self._feed()
+        self.progress.in_flight(len(self.inflight))
+        self._poll_progress()
+        self._kill_stalled()
+
+    def _start_actor(self) -> None:
+        self._next_id += 1
+        handle = self.actor_class.options(**self.resources).remote(
+            self.spec_json, self.keys, self.resources["num_cpus"], self.sink, self._next_id)
+        self.slots.append(_Slot(self._next_id, handle, handle.ready.remote()))
+
+    def _on_ready(self, slot: _Slot, ref) -> None:
+        try:
+            info = ray.get(ref)
+        except RayActorError as e:
+            self.slots.remove(slot)
+            self.actor_failures += 1
+            reason = _cause(e)
+            if self.actor_failures > self.rt.max_actor_failures:
+                raise ExecutorError(f"{self.actor_failures} actors failed to start; "
+                                    f"last error: {reason}") from None
+            log.warning("actor failed to start (%d of %d tolerated): %s", self.actor_failures,
+                        self.rt.max_actor_failures, reason)
+            if self.queue or self.inflight:
+                self._start_actor()
+            return
+        log.info("actor %d ready: %s", slot.id, info)
+        slot.ready, slot.last_seen = True, time.time()
+
+    def _on_result(self, ref) -> None:
+        slot, shard = self.inflight.pop(ref)
+        try:
+            stats = ray.get(ref)
+        except RayActorError as e:
+            self._lose(slot, slot.lost_reason or f"actor died: {_cause(e)}")
+            self._retry(shard, slot.lost_reason or f"actor died: {_cause(e)}")
+            return
+        except RayTaskError as e:
+            self._retry(shard, _cause(e))
+        else:
+            self.outcome.committed.append(stats)
+            self.progress.shard_done(stats)
+            slot.last_seen = time.time()
+
+    def _feed(self) -> None:
+        """Keep ``shards_in_flight`` shards queued on every ready actor."""
+        for slot in self.slots:
+            while slot.ready and self.queue and self._load(slot) < self.rt.shards_in_flight:
+                shard = self.queue.popleft()
+                self.inflight[slot.handle.run_shard.remote(shard)] = (slot, shard)
+
+    def _load(self, slot: _Slot) -> int:
+        return sum(s is slot for s, _ in self.inflight.values())
+
+    def _lose(self, slot: _Slot, reason: str) -> None:
+        if slot not in self.slots:
+            return  # already replaced for an earlier in-flight shard
+        self.slots.remove(slot)
+        self.actor_failures += 1
+        if self.actor_failures > self.rt.max_actor_failures:
+            raise ExecutorError(f"{self.actor_failures} actors lost; last: {reason}")
+        log.warning("actor %d lost (%s); starting a replacement", slot.id, reason)
+        self._start_actor()
+
+    def _retry(self, shard: Shard, reason: str) -> None:
+        self.attempts[shard.id] += 1
+        if self.attempts[shard.id] >= self.rt.max_shard_attempts:
+            log.error("shard %d failed %d times, giving up: %s", shard.id,
+                      self.attempts[shard.id], reason)
+            self.outcome.failed[shard.id] = reason
             self.progress.shard_failed(shard.id)
         else:
             log.warning("shard %d attempt %d failed, resubmitting: %s", shard.id,
-                        attempts[shard.id], reason)
-            queue.append(shard)
+                        self.attempts[shard.id], reason)
+            self.queue.append(shard)
 
-    def _replace(self, actor, actors: list, inflight: dict, error: Exception):
-        if actor not in actors:
-            return None  # already replaced for an earlier in-flight shard
-        actors.remove(actor)
-        self.replacements += 1
-        if self.replacements > 2 * self.count + self.spec.runtime.max_shard_attempts:
-            raise RuntimeError(f"actors keep dying ({self.replacements} replaced): {error}")
-        fresh = self._new_actor()
-        actors.append(fresh)
-        return fresh
+    def _kill_stalled(self) -> None:
+        now = time.time()
+        for slot in self.slots:
+            if slot.ready and self._load(slot) and now - slot.last_seen > self.rt.stall_timeout_s:
+                slot.lost_reason = (f"actor {slot.id} stalled: no batch finished in "
+                                    f"{self.rt.stall_timeout_s:.0f} s")
+                log.error(slot.lost_reason)
+                ray.kill(slot.handle)
+                slot.last_seen = now  # its refs fail shortly; don't kill twice
 
     def _poll_progress(self) -> None:
         try:
-            done, failed = ray.get(self.sink.take.remote(), timeout=10)
-        except GetTimeoutError:
+            done, failed, seen = ray.get(self.sink.take.remote(), timeout=10)
+        except (GetTimeoutError, RayActorError):
             return
+        for slot in self.slots:
+            slot.last_seen = max(slot.last_seen, seen.get(slot.id, 0))
         self.progress.images(done, failed)
 
 

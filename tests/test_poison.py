@@ -1,0 +1,96 @@
+"""Poison samples and malformed rows are quarantined in-process; the rest of the shard commits."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models.registry import load_model
+from pipeline.runner import make_plan
+from pipeline.shards import plan_shards
+from pipeline.spec import build_spec
+from pipeline.storage import OutputFolder
+from pipeline.worker import ShardWorker
+
+
+class PoisonedModel:
+    """Wraps a real model: raises on 'POISON', draws a black frame for 'BLANK'."""
+
+    def __init__(self, model):
+        self.inner = model
+        self.model_id, self.native_size = model.model_id, model.native_size
+        self.generate_calls = []
+
+    def check_params(self, params):
+        self.inner.check_params(params)
+
+    def encode_prompt(self, prompts, negative_prompts=None):
+        if any("ENCODER-BOOM" in p for p in prompts):
+            raise RuntimeError("encoder exploded")
+        return self.inner.encode_prompt(prompts, negative_prompts)
+
+    def generate(self, embeds, seeds, params):
+        self.generate_calls.append(len(seeds))
+        images = self.inner.generate(embeds, seeds, params)
+        if any(s == self.poison_seed for s in seeds):
+            raise ValueError("NaN in latents")
+        return np.where(np.array([s == self.blank_seed for s in seeds])[:, None, None, None],
+                        0, images).astype(np.uint8)
+
+
+@pytest.fixture
+def run_shard(tmp_path, tiny_gan):
+    def run(prompts, **extra_columns):
+        src = tmp_path / "p.parquet"
+        pq.write_table(pa.table({"prompt": pa.array(prompts, pa.string()), **extra_columns}),
+                       src)
+        spec = build_spec({"input": {"path": str(src), "id_column": "id"},
+                           "model": {"path": tiny_gan},
+                           "output": {"path": str(tmp_path / "out")},
+                           "runtime": {"batch_size": 4, "shard_size": 100}})
+        plan = make_plan(spec)
+        model = PoisonedModel(load_model("gan", tiny_gan))
+        shard = next(iter(plan_shards(plan.inputs, 100)))
+        from pipeline.samples import build_samples
+        seeds = [s.seed for s in build_samples(next(iter(shard.segments)).read({})
+                                               .__next__(), shard, spec, plan.keys)]
+        model.poison_seed, model.blank_seed = seeds[1], seeds[2]
+        worker = ShardWorker(spec, model, plan.keys, OutputFolder(str(tmp_path / "out")),
+                             deterministic=False)
+        stats = worker.run(shard)
+        rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+        return stats, rows, model
+    return run
+
+
+def test_poison_and_blank_samples_are_isolated(run_shard, tmp_path):
+    prompts = [f"a small red circle on the left on a blue background {i}" for i in range(6)]
+    stats, rows, model = run_shard(prompts, id=[f"s{i}" for i in range(6)])
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["s1"]["status"] == "error" and "NaN in latents" in by_id["s1"]["error_message"]
+    assert by_id["s2"]["status"] == "error" and "blank" in by_id["s2"]["error_message"]
+    ok = [r for r in rows if r["id"] not in ("s1", "s2")]
+    assert all(r["status"] == "success" and (tmp_path / "out" / r["file"]).exists() for r in ok)
+    assert stats["successes"] == 4 and stats["failed"] == 2
+    assert model.generate_calls[:1] == [4] and 1 in model.generate_calls  # then one by one
+    assert json.loads((tmp_path / "out" / "00000_stats.json").read_text())["failed"] == 2
+
+
+def test_malformed_rows_are_quarantined_with_a_status(run_shard):
+    prompts = [None, "", "   \t", "0", "42", "卡通风格的人物", "مرحبا بالعالم 🎨",
+               "ctrl\x00chars\x07here", "ENCODER-BOOM", "fine", "dup", "dup"]
+    ids = [f"r{i}" for i in range(10)] + ["same", "same"]
+    _, rows, _ = run_shard(prompts, id=ids)
+    status = {r["key"]: (r["status"], r["error_message"], r["prompt"]) for r in rows}
+    values = list(status.values())
+    assert values[0][:2] == ("error", "prompt is null")
+    assert values[1][1] == values[2][1] == "prompt is empty or whitespace only"
+    assert values[3][2] == "0" and values[4][2] == "42"  # numeric-looking prompts stay text
+    assert values[5][0] == values[6][0] == "success"
+    assert values[7] == ("success", None, "ctrl chars here")
+    assert values[8][0] == "error" and "encoder exploded" in values[8][1]
+    assert values[9][0] == "success"
+    assert values[10][0] == "success"
+    assert values[11][:2] == ("error", "duplicate id 'same' in this shard")
