@@ -39,6 +39,9 @@ class LockLost(RuntimeError):
     """This run's lock was taken over by another run after its heartbeat went stale."""
 
 
+_HELD: set[str] = set()  # tokens of the locks this process holds right now
+
+
 def lock_name(generation: int) -> str:
     return f"{PREFIX}{generation:06d}.json"
 
@@ -88,14 +91,17 @@ class RunLock:
                 if holder is None:
                     continue  # released while we looked
                 if not self._stale(holder):
+                    _HELD.discard(self.token)
                     raise LockHeld(self._held_message(holder))
                 log.warning("taking over the stale lock of %s (run %s on %s, pid %s)",
                             self.folder.display(), holder.get("run"), holder.get("host"),
                             holder.get("pid"))
+            _HELD.add(self.token)  # before the object exists: same-process readers see it live
             if self._create(generation):
                 self._start_heartbeat()
                 self._delete_below(generation)
                 return
+        _HELD.discard(self.token)
         raise LockHeld(f"{self.folder.display()}: could not take the run lock; another run "
                        "keeps taking it")
 
@@ -164,6 +170,7 @@ class RunLock:
 
     def release(self) -> None:
         """Stop the heartbeat and delete our lock object (unless it was taken over)."""
+        _HELD.discard(self.token)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -197,9 +204,12 @@ def _remove(folder: OutputFolder, name: str) -> None:
 
 
 def _dead_on_this_host(holder: dict) -> bool:
-    """The holder ran on this machine and its process is gone (killed, crashed)."""
+    """The holder ran on this machine and is gone: its process died (killed, crashed), or it
+    was this process and its run has ended without deleting the lock (a storage outage)."""
     if holder.get("host") != socket.gethostname() or not holder.get("pid"):
         return False
+    if int(holder["pid"]) == os.getpid():
+        return holder.get("owner") not in _HELD
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:

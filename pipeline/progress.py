@@ -121,13 +121,26 @@ def read_status(folder: OutputFolder) -> dict[str, Any]:
     if success:
         status.update(images_done=success["successes"], images_failed=success["failed"],
                       eta_s=0)
-    elif status["state"] == "running" and time.time() - (progress.get("updated_at") or 0) > 600:
-        status["state"] = "stalled (no progress written for 10 minutes; driver gone?)"
+    return _for_machines(status)
+
+
+def _for_machines(status: dict[str, Any]) -> dict[str, Any]:
+    """Add what a script polling ``status --json`` needs: the fraction done, the age of the
+    last progress write, and ``state`` kept to one word (the why goes in ``note``)."""
+    counted = (status.get("images_done") or 0) + (status.get("images_failed") or 0)
+    status["fraction_done"] = round(counted / status["images_total"], 4) \
+        if status["images_total"] else 1.0
+    updated = status.get("updated_at")
+    status["age_s"] = round(time.time() - updated, 1) if updated else None
+    if status["state"] == "running" and (status["age_s"] or 0) > 600:
+        status["state"] = "stalled"
+        status["note"] = "no progress written for 10 minutes; driver gone?"
     return status
 
 
 def format_status(s: dict[str, Any]) -> str:
-    lines = [f"{s['output']}  [{s['name']}]  state: {s['state']}",
+    note = f" ({s['note']})" if s.get("note") else ""
+    lines = [f"{s['output']}  [{s['name']}]  state: {s['state']}{note}",
              f"  shards  {s['shards_done']}/{s['shards_total']} committed"
              + (f", {s['shards_failed']} failed" if s.get("shards_failed") else ""),
              f"  images  {s.get('images_done') or 0}/{s['images_total']} generated, "

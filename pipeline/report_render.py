@@ -39,6 +39,7 @@ def thumbnail(data: bytes) -> Image.Image:
 
 
 def png_bytes(img: Image.Image) -> bytes:
+    """``img`` encoded as PNG."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -150,7 +151,7 @@ def durations_svg(markers: list[dict]) -> str:
     step = min(CHART_W / len(timed), 40.0)
     bars = []
     for i, (name, seconds) in enumerate(timed):
-        h = seconds / top * (CHART_H - 30)
+        h = max(1.0, seconds / top * (CHART_H - 30))  # a fast shard still shows
         bars.append(f"<rect x='{i * step:.2f}' y='{CHART_H - 10 - h:.1f}' "
                     f"width='{max(step - 1, 0.5):.2f}' height='{h:.1f}' fill='#4a7bd0'>"
                     f"<title>shard {_e(name)}: {seconds:.2f} s</title></rect>")

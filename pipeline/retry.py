@@ -11,6 +11,7 @@ the usual one with the marker replaced last (``writers.replace_marker``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
@@ -55,7 +56,7 @@ def read_outcomes(folder: OutputFolder, shard_name: str) -> list[dict]:
 
 
 def retry_shards(folder: OutputFolder, shards: list[Shard], markers: dict[str, dict],
-                 shard_name) -> list[Shard]:
+                 shard_name: Callable[[int], str]) -> list[Shard]:
     """The committed shards with failed samples, each carrying its failed keys.
 
     A shard is picked by its marker's failure count, not by its rows: a retry that

@@ -62,7 +62,7 @@ def texts(column: pa.ChunkedArray) -> list:
     try:
         return column.to_pylist()
     except UnicodeDecodeError:
-        return [_decode(v) for v in column.cast(pa.binary()).to_pylist()]
+        return [_decode(v) for v in column.cast(pa.large_binary()).to_pylist()]
 
 
 def _decode(value: bytes | None) -> str | bytes | None:
@@ -74,15 +74,15 @@ def _decode(value: bytes | None) -> str | bytes | None:
 
 def utf8_safe(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """A string column with invalid UTF-8 repaired (as \\xNN), so outputs stay readable."""
-    if not pa.types.is_string(column.type):
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return column
     try:
         column.validate(full=True)
         return column
     except pa.ArrowInvalid:
-        raw = column.cast(pa.binary()).to_pylist()
+        raw = column.cast(pa.large_binary()).to_pylist()
         return pa.chunked_array([pa.array([v if v is None else v.decode(errors="backslashreplace")
-                                           for v in raw], pa.string())])
+                                           for v in raw], column.type)])
 
 
 def readable(value: object) -> object:

@@ -100,11 +100,7 @@ class ShardWorker:
         self.folder.retry_count = 0
         table = self._read(shard, timings)
         samples = build_samples(table, shard, self.spec, self.keys)
-        retrying = shard.retry_keys is not None
-        writer = make_writer(self.spec.output.format, self.folder,
-                             self.keys.shard_name(shard.id), self.extension, replace=retrying)
-        if retrying:
-            carry_over(self.folder, writer, samples, shard.retry_keys)
+        writer = self._writer(shard, samples)
         pending: list[tuple[Sample, Future]] = []
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
@@ -129,10 +125,20 @@ class ShardWorker:
             timings["image_encode_and_upload"] += self._settle(s, future)
         timings["wait_for_uploads"] += time.perf_counter() - t
         t = time.perf_counter()
-        stats = self._stats(shard, samples, timings, started)
-        stats = writer.commit(self._metadata(table, samples), stats)
+        metadata = self._metadata(table, samples)
+        # timed before _stats so it reaches the marker; commit's uploads are in its "uploads"
         timings["metadata"] += time.perf_counter() - t
-        return stats
+        return writer.commit(metadata, self._stats(shard, samples, timings, started))
+
+    def _writer(self, shard: Shard, samples: list[Sample]):
+        """The shard's writer; a shard sent by --retry-failed reopens its commit, and every
+        sample not being retried takes its committed outcome (and image) over."""
+        retrying = shard.retry_keys is not None
+        writer = make_writer(self.spec.output.format, self.folder,
+                             self.keys.shard_name(shard.id), self.extension, replace=retrying)
+        if retrying:
+            carry_over(self.folder, writer, samples, shard.retry_keys)
+        return writer
 
     def _read(self, shard: Shard, timings: Counter) -> pa.Table:
         t = time.perf_counter()
@@ -210,6 +216,7 @@ class ShardWorker:
             "failed": sum(s.status == "error" for s in samples),
             "error_counts": dict(errors.most_common(20)),
             "truncated": sum(s.truncated for s in samples),
+            **({} if shard.retry_keys is None else {"retried": len(shard.retry_keys)}),
             "retries": self.folder.retry_count,
             "embedding_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
             "start_time": started, "end_time": time.time(),

@@ -28,7 +28,8 @@ def ray_local():
     """A real local Ray with 2 CPUs, shared by every test in a module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a new instance even when another run's Ray is up on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -26,6 +26,9 @@ class PoisonedModel:
     def check_params(self, params):
         self.inner.check_params(params)
 
+    def warmup(self, params):
+        self.inner.warmup(params)
+
     def encode_prompt(self, prompts, negative_prompts=None):
         if any("ENCODER-BOOM" in p for p in prompts):
             raise RuntimeError("encoder exploded")

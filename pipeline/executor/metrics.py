@@ -45,15 +45,11 @@ def _instruments() -> dict:
 
 
 class JobMetrics:
-    """Records one job's metrics; a no-op (with one warning) where Ray cannot export them."""
+    """Records one job's metrics; a no-op (after one warning) where Ray cannot take them."""
 
     def __init__(self, job_name: str) -> None:
         self.tags = {JOB_TAG: job_name}
-        try:
-            self.m = _instruments()
-        except Exception as e:  # metrics are advisory: never fail a job over them
-            log.warning("Prometheus metrics are off: %s", e)
-            self.m = None
+        self.m = self._guard(_instruments)
 
     def images(self, done: int, failed: int) -> None:
         self._inc("images_generated", done)
@@ -62,23 +58,33 @@ class JobMetrics:
     def shard_committed(self, stats: dict) -> None:
         self._inc("shards_committed", 1)
         self._inc("storage_retries", stats.get("retries") or 0)
-        if self.m is None:
-            return
         for stage, seconds in (stats.get("stage_seconds") or {}).items():
-            self.m["stage_seconds"].observe(seconds, {**self.tags, "stage": stage})
+            self._record("stage_seconds", "observe", seconds, stage=stage)
         if stats.get("duration_s") is not None:
-            self.m["shard_seconds"].observe(stats["duration_s"], self.tags)
+            self._record("shard_seconds", "observe", stats["duration_s"])
 
     def shard_failed(self) -> None:
         self._inc("shards_failed", 1)
 
     def shards_in_flight(self, count: int) -> None:
-        if self.m is not None:
-            self.m["shards_in_flight"].set(count, self.tags)
+        # Set on every executor step: the agent drops a gauge not refreshed for two exports.
+        self._record("shards_in_flight", "set", count)
 
     def _inc(self, name: str, value: float) -> None:
-        if self.m is not None and value > 0:  # Ray's Counter.inc rejects 0
-            self.m[name].inc(value, self.tags)
+        if value > 0:  # Ray's Counter.inc rejects 0
+            self._record(name, "inc", value)
+
+    def _record(self, name: str, method: str, value: float, **tags: str) -> None:
+        if self.m is not None:
+            self._guard(lambda: getattr(self.m[name], method)(value, {**self.tags, **tags}))
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except Exception as e:  # metrics are advisory: never fail a job over them
+            log.warning("Prometheus metrics are off for this run: %s", e)
+            self.m = None
+            return None
 
 
 class MeteredProgress:
