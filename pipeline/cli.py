@@ -58,8 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(f"done: {manifest['successes']} images, {manifest['failed']} failed, "
           f"{len(manifest['shards'])} shards in {spec.output.path}")
-    print(f"  look at: {spec.output.path}/00000/  (images), {spec.output.path}/00000.parquet "
-          f"(metadata), synthset status {spec.output.path}")
+    out = spec.output.path
+    images = {"files": f"{out}/00000/ (images)", "webdataset": f"{out}/00000.tar (images)",
+              "parquet": f"{out}/00000.parquet (images and metadata)"}[spec.output.format]
+    print(f"  look at: {images}, {out}/00000.parquet (metadata);\n"
+          f"  synthset status {out}; synthset report {out} (writes {out}/report.html)")
     return 0
 
 
