@@ -98,7 +98,11 @@ def claim_output(folder: OutputFolder, plan: Plan, overwrite: bool) -> None:
 
 
 def read_markers(folder: OutputFolder, names: list[str]) -> list[dict]:
-    return [folder.read_json(marker_name(n)) for n in names]
+    """The markers of ``names``, in order; fetched concurrently (a resume may list thousands)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda n: folder.read_json(marker_name(n)), names))
 
 
 def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,

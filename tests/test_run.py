@@ -126,7 +126,8 @@ def test_cli_plan_run_status(ray_local, tmp_path, tiny_gan, capsys):
     assert not (tmp_path / "out").exists()  # plan allocates and writes nothing
     assert main(["run", str(job), "--quiet"]) == 0
     assert main(["status", str(tmp_path / "out"), "--json"]) == 0
-    status = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    out = capsys.readouterr().out  # run's summary lines, then the status JSON
+    status = json.loads(out[out.index("\n{\n") + 1:])
     assert status["state"] == "complete" and status["images_done"] == 6
     assert main(["run", str(job), "--set", "runtime.bogus=1"]) == 2
     assert "runtime.bogus: unknown key" in capsys.readouterr().err
