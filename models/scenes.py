@@ -157,3 +157,21 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
     columns.update({k: [a[k] for a in rows] for k in ATTRIBUTES})
     with fsspec.open(url, "wb", **(storage_options or {})) as f:
         pq.write_table(pa.table(columns), f)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m models.scenes URL --n 16000``: write a training dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("url", help="output Parquet file (any fsspec URL)")
+    parser.add_argument("--n", type=int, default=16000)
+    parser.add_argument("--split", default="train", choices=["train", "heldout"])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    write_dataset(args.url, args.n, args.split, args.size, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -174,11 +174,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from models.evaluate import evaluate, format_table
+    from models.evaluate import main as evaluate_main
 
-    rows = [evaluate(path, n=args.n, seed=args.seed, family=args.family)
-            for path in args.models]
-    print(format_table(rows))
+    evaluate_main(args.rest)
     return 0
 
 
@@ -246,17 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="training config YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("eval", help="prompt fidelity of scene models on held-out prompts")
-    p.add_argument("models", nargs="+", help="model folders")
-    p.add_argument("--family", default="gan", choices=["gan", "autoregressive"])
-    p.add_argument("-n", type=int, default=2, help="images per held-out combination")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("eval", help="prompt fidelity of scene models on held-out prompts",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="MODEL [--per-combo N] [--split heldout|train] [--renders] ...")
     p.set_defaults(fn=cmd_eval)
     _bench_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # its own parser, so that `synthset eval --help` is the real one
+        from models.evaluate import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,283 @@
+"""Autoregressive text-to-image: a decoder-only transformer over VQ image tokens.
+
+The sequence is ``[text prefix] [BOS] [img_0 ... img_{N-2}]`` and position ``p`` after
+the prefix predicts ``img_p``. The prefix is the encoder's per-token states projected
+to the model width (not the pooled vector: pooled MiniLM barely tells "red on blue"
+from "blue on red"). Padded prefix tokens are masked out as keys, so a prompt's
+prefix means the same in any batch. Training replaces a share of the prefixes with
+one learned null token, which enables classifier-free guidance at sampling time.
+Sampling (:mod:`models.ar_sampling`) runs token by token with a KV cache, temperature
+and top-k, and draws from a per-sample ``torch.Generator``. The tokens are turned
+into pixels by the VQ-VAE of :mod:`models.vq`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.ar_sampling import sample_tokens
+from models.base import GenerationParams, ImageModel, to_uint8
+from models.encoders import TextEncoder, TextEncoding
+from models.gan import load_weights, resolve_encoder
+from models.vq import VQVAE, VQConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SAMPLING_OPTIONS = ("temperature", "top_k", "guidance_scale")
+
+
+@dataclass
+class ARConfig:
+    """Hyper-parameters of one AR model (and its tokenizer, under ``vq``); ``config.json``."""
+
+    image_size: int = 64  # native square resolution; must equal vq["image_size"]
+    text_dim: int = 384  # encoder hidden size (MiniLM-L6: 384)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.0
+    cond_drop: float = 0.1  # share of training prefixes replaced by the null prompt
+    temperature: float = 1.0  # sampling defaults; 0 = greedy
+    top_k: int = 0  # 0 = no top-k filtering
+    guidance_scale: float = 1.0  # 1 = no classifier-free guidance
+    vq: dict = field(default_factory=lambda: VQConfig().to_dict())
+    encoder: str | None = None  # encoder folder; None = the shipped MiniLM
+    family: str = "autoregressive"
+
+    @classmethod
+    def tiny(cls, **overrides) -> ARConfig:
+        """A small config for tests: 16x16 images as 4x4 tokens, a 2-layer 32-wide model."""
+        base = dict(image_size=16, d_model=32, n_layers=2, n_heads=2,
+                    vq=VQConfig.tiny().to_dict())
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ARConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def vq_config(self) -> VQConfig:
+        return VQConfig.from_dict(self.vq)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.vq_config.grid ** 2
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention that appends this call's keys/values to ``cache`` if given."""
+
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                cache: list | None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if cache:  # keys/values of the earlier positions, (B, H, L, hd)
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
+                                 nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                cache: list | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+def _causal_mask(prefix_keys: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, 1, L, L) attention mask: causal, minus padded prefix keys (B, T); L - T image slots."""
+    pad = prefix_keys.new_ones(prefix_keys.shape[0], length - prefix_keys.shape[1])
+    keys = torch.cat([prefix_keys, pad], 1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=keys.device).tril()
+    return causal[None, None] & keys[:, None, None, :]
+
+
+class ImageTransformer(nn.Module):
+    """Text prefix (B, T, text_dim) + image tokens -> next-token logits over the codebook."""
+
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        d, k = cfg.d_model, cfg.vq_config.codebook_size
+        self.bos = k  # the extra embedding row
+        self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
+        self.null_text = nn.Parameter(torch.zeros(1, d))
+        self.tok_emb = nn.Embedding(k + 1, d)
+        self.pos_emb = nn.Parameter(torch.randn(cfg.n_tokens, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, k, bias=False)
+
+    def embed_text(self, text: torch.Tensor, mask: torch.Tensor,
+                   drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected prefix (B, T, d) and key mask (B, T); ``drop`` rows get the null prompt."""
+        prefix, mask = self.text_proj(text), mask.bool()
+        if drop is not None:
+            pad = self.null_text.new_zeros(prefix.shape[1] - 1, prefix.shape[2])
+            null = torch.cat([self.null_text, pad]).to(prefix.dtype)  # (T, d)
+            prefix = torch.where(drop[:, None, None], null, prefix)
+            first_only = torch.arange(mask.shape[1], device=mask.device) == 0
+            mask = torch.where(drop[:, None], first_only, mask)
+        return prefix, mask
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None,
+             caches: list[list] | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if caches is None else caches[i])
+        return self.head(self.ln_f(x))
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, n, K): position p predicts ``ids[:, p]`` from ids[:, :p]."""
+        prefix, key_mask = self.embed_text(text, mask, drop)
+        bos = torch.full_like(ids[:, :1], self.bos)
+        inputs = torch.cat([bos, ids[:, :-1]], 1)
+        x = torch.cat([prefix, self.tok_emb(inputs) + self.pos_emb[:ids.shape[1]]], 1)
+        return self._run(x, _causal_mask(key_mask, x.shape[1]))[:, prefix.shape[1]:]
+
+    def prefill(self, prefix: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Run prefix + BOS once; returns logits for img_0 (B, K) and the per-layer KV cache."""
+        bos = self.tok_emb.weight[self.bos] + self.pos_emb[0]
+        x = torch.cat([prefix, bos.expand(prefix.shape[0], 1, -1)], 1)
+        caches: list[list] = [[] for _ in self.blocks]
+        return self._run(x, _causal_mask(key_mask, x.shape[1]), caches)[:, -1], caches
+
+    def decode(self, ids: torch.Tensor, pos: int, caches: list, keys: torch.Tensor) -> torch.Tensor:
+        """Feed token ``ids`` (B,) at input position ``pos``; logits for the next token (B, K)."""
+        x = (self.tok_emb(ids) + self.pos_emb[pos])[:, None]
+        return self._run(x, keys[:, None, None, :], caches)[:, -1]
+
+
+class ARImageModel(ImageModel):
+    """A trained (or random) AR transformer, its VQ tokenizer and text encoder, for the pipeline."""
+
+    def __init__(self, transformer: ImageTransformer, vq: VQVAE, encoder: TextEncoder,
+                 config: ARConfig, model_id: str = "", options: dict | None = None):
+        if encoder.dim != config.text_dim:
+            raise ValueError(f"encoder {encoder.path} has hidden size {encoder.dim}, "
+                             f"but the model was built for text_dim={config.text_dim}")
+        unknown = set(options or {}) - set(SAMPLING_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown autoregressive option(s) {sorted(unknown)}; "
+                             f"known: {list(SAMPLING_OPTIONS)}")
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vq = vq.eval().requires_grad_(False)
+        self.encoder, self.config, self.model_id = encoder, config, model_id
+        self.defaults = {**{k: getattr(config, k) for k in SAMPLING_OPTIONS}, **(options or {})}
+        self.native_size = (config.image_size, config.image_size)
+
+    @classmethod
+    def from_config(cls, config: ARConfig, encoder: TextEncoder | None = None,
+                    seed: int = 0) -> ARImageModel:
+        """Random weights (seeded); ``encoder`` defaults to the one ``config`` names."""
+        encoder = encoder or TextEncoder(config.encoder)
+        config.text_dim = encoder.dim
+        torch.manual_seed(seed)
+        return cls(ImageTransformer(config), VQVAE(config.vq_config), encoder, config,
+                   model_id="random-autoregressive")
+
+    @classmethod
+    def from_pretrained(cls, path: str, encoder_path: str | None = None, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                        options: dict | None = None) -> ARImageModel:
+        """Load a folder written by :meth:`save_pretrained` (or exported by training).
+
+        ``encoder_path`` overrides the encoder in the config (None there means the
+        shipped MiniLM; a relative path is relative to ``path``); ``options`` override
+        the sampling defaults (``temperature``, ``top_k``, ``guidance_scale``).
+        """
+        config = load_config(path)
+        encoder = TextEncoder(encoder_path or resolve_encoder(path, config.encoder),
+                              device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        transformer, vq = ImageTransformer(config), VQVAE(config.vq_config)
+        transformer.load_state_dict(load_weights(path, "transformer."))
+        vq.load_state_dict(load_weights(path, "vq."))
+        return cls(transformer.to(device, dtype), vq.to(device, dtype), encoder, config,
+                   model_id=path, options=options)
+
+    def save_pretrained(self, path: str) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (transformer + whole VQ-VAE)."""
+        save_model_folder(path, self.config, self.transformer, self.vq)
+
+    def encode_prompt(self, prompts: list[str],
+                      negative_prompts: list[str | None] | None = None) -> TextEncoding:
+        """Per-token encoder states; negative prompts are refused (guidance uses a null prompt)."""
+        if negative_prompts and any(negative_prompts):
+            raise ValueError("the autoregressive family cannot use negative prompts; "
+                             "drop the negative_prompt column or pick a diffusion model")
+        return self.encoder.encode(prompts)
+
+    def sampling(self, params: GenerationParams) -> dict:
+        """Temperature, top-k and guidance for one call: params.extra, then defaults."""
+        chosen = {**self.defaults, **{k: v for k, v in params.extra.items()
+                                      if k in SAMPLING_OPTIONS}}
+        if params.guidance_scale is not None:
+            chosen["guidance_scale"] = params.guidance_scale
+        return dict(temperature=float(chosen["temperature"]), top_k=int(chosen["top_k"]),
+                    guidance_scale=float(chosen["guidance_scale"]))
+
+    @torch.inference_mode()
+    def generate(self, embeds: TextEncoding, seeds: list[int],
+                 params: GenerationParams) -> np.ndarray:
+        """One image per row, (B, H, W, 3) uint8; each row samples with its own seeded generator."""
+        self.check_params(params)
+        if len(seeds) != len(embeds):
+            raise ValueError(f"got {len(seeds)} seeds for {len(embeds)} prompts")
+        knobs = self.sampling(params)
+        # one sequence per image on its unpadded prefix: batched kernels change float
+        # rounding, and image i must not depend on the rest of its batch
+        return np.concatenate([self._one(embeds, i, seed, knobs) for i, seed in enumerate(seeds)])
+
+    def _one(self, embeds: TextEncoding, i: int, seed: int, knobs: dict) -> np.ndarray:
+        param = next(self.transformer.parameters())
+        keep = embeds.mask[i].bool()
+        text = embeds.tokens[i][keep][None].to(param.device, param.dtype)
+        mask = torch.ones(text.shape[:2], dtype=torch.bool, device=param.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        ids = sample_tokens(self.transformer, text, mask, [generator], **knobs)
+        return to_uint8(self.vq.decode(ids))
+
+
+def load_config(path: str) -> ARConfig:
+    """The :class:`ARConfig` stored in a model folder."""
+    with open(os.path.join(path, CONFIG_NAME)) as f:
+        return ARConfig.from_dict(json.load(f))
+
+
+def save_model_folder(path: str, config: ARConfig, transformer: ImageTransformer,
+                      vq: VQVAE) -> None:
+    """Write a folder that :meth:`ARImageModel.from_pretrained` loads."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    state = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    state.update({f"vq.{k}": v for k, v in vq.state_dict().items()})
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()},
+              os.path.join(path, WEIGHTS_NAME))
+    with open(os.path.join(path, CONFIG_NAME), "w") as f:
+        json.dump(asdict(config), f, indent=2)
