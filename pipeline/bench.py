@@ -45,7 +45,8 @@ def bench_spec(args, prompts: str, output: str, options: dict | None = None) -> 
     raw = {"name": "bench", "input": {"path": prompts, "id_column": "id"},
            "model": {"family": args.family, "path": args.model},
            "generation": {"width": args.size, "height": args.size, "steps": args.steps},
-           "output": {"path": output, "image_format": args.image_format},
+           "output": {"path": output, "image_format": args.image_format,
+                      "format": args.format},
            "runtime": {"batch_size": args.batch_size, "shard_size": args.shard_size,
                        "actors": 1, "cpus_per_actor": args.cpus, "progress_interval_s": 1},
            "storage_options": options or {}}
@@ -146,6 +147,7 @@ def format_report(results: dict[str, dict], args) -> str:
         return r["images"] / r["steady_s"] if r.get("steady_s") else 0.0
 
     lines = [f"synthset bench: family={args.family} model={args.model or 'shipped'} "
+             f"format={args.format} "
              f"size={args.size} batch={args.batch_size} prompts={args.prompts} cpus={args.cpus}",
              f"{'mode':<10}{'images':>8}{'steady s':>10}{'img/s':>9}{'vs raw':>8}"
              f"{'vs ray-data':>12}{'wall s':>9}  {'actor RSS MB':>12}"]

@@ -199,6 +199,8 @@ def _bench_command(sub) -> None:
     p.add_argument("--size", type=int, default=64, help="width = height")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--image-format", default="png", choices=["png", "jpeg", "webp"])
+    p.add_argument("--format", default="parquet", choices=["files", "webdataset", "parquet"],
+                   help="output.format; parquet matches what the Ray Data baseline writes")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     p.add_argument("--workdir", help="where inputs and outputs go (default: a temp folder)")
     p.add_argument("--skip-s3", action="store_true")

@@ -80,7 +80,8 @@ class GenerationActor:
         deterministic = self.spec.runtime.deterministic
         if deterministic == "auto":
             deterministic = self.device == "cpu"
-        self.worker = ShardWorker(self.spec, model, keys, folder, deterministic)
+        self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
+                                  overlap_encoding=self.device != "cpu")
         self.sink, self.slot = sink, slot
 
     def ready(self) -> dict:

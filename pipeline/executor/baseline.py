@@ -6,6 +6,7 @@ pipeline, so the two figures can be compared side by side.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -50,6 +51,7 @@ def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int)
     from pipeline.executor import connect
 
     connect()
+    shutil.rmtree(output_dir, ignore_errors=True)  # write_parquet adds files to what is there
     start = time.perf_counter()
     # Each actor reserves one CPU but runs torch on ``cpus`` threads, like the pipeline's
     # actor; reserving every core starves Ray Data's read and write tasks and it hangs.
