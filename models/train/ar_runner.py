@@ -21,7 +21,7 @@ from models.train.ar_loop import ARSettings, ARTrainer
 from models.train.checkpoint import CHECKPOINT_DIR, STATE_NAME, find_checkpoint, save_grid
 from models.train.data import load_captioned_images
 from models.train.gan_loop import encode_captions
-from models.train.runner import _device, _log_row, _mean, _StopFlag
+from models.train.runner import _device, _log_row, _mean, _StopFlag, prepare_run
 
 log = logging.getLogger("synthset.train")
 
@@ -102,13 +102,8 @@ def train_autoregressive(cfg: dict) -> str:
     """Run (or resume) one VQ + transformer training run; returns the export folder."""
     from tqdm import tqdm
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    os.makedirs(cfg["out_dir"], exist_ok=True)
-    with open(os.path.join(cfg["out_dir"], "train_config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    deadline = prepare_run(cfg)
     trainer = build_trainer(cfg)
-    deadline = time.time() + 60 * float(cfg["max_minutes"]) if cfg.get("max_minutes") else None
     flag, start, window, ar_start = _StopFlag(), time.time(), [], None
     bar = tqdm(total=trainer.total_steps, initial=trainer.step_count, mininterval=5,
                desc="train autoregressive")

@@ -96,18 +96,23 @@ def _mean(rows: list[dict]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def train_gan(cfg: dict) -> str:
-    """Run (or resume) one GAN training run; returns the export folder."""
-    from tqdm import tqdm
-
+def prepare_run(cfg: dict) -> float | None:
+    """Torch threads, the run folder with its config, and the wall-clock deadline (or None)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     os.makedirs(cfg["out_dir"], exist_ok=True)
     with open(os.path.join(cfg["out_dir"], "train_config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    return time.time() + 60 * float(cfg["max_minutes"]) if cfg.get("max_minutes") else None
+
+
+def train_gan(cfg: dict) -> str:
+    """Run (or resume) one GAN training run; returns the export folder."""
+    from tqdm import tqdm
+
+    deadline = prepare_run(cfg)
     trainer = build_trainer(cfg)
     export_dir = cfg.get("export_dir") or os.path.join(cfg["out_dir"], "export")
-    deadline = time.time() + 60 * float(cfg["max_minutes"]) if cfg.get("max_minutes") else None
     flag, start, window = _StopFlag(), time.time(), []
     bar = tqdm(total=int(cfg["steps"]), initial=trainer.step_count, mininterval=5,
                desc="train gan")
