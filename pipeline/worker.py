@@ -97,6 +97,8 @@ class ShardWorker:
         self.spec, self.model, self.keys, self.folder = spec, model, keys, folder
         self.params = generation_params(spec, model)
         model.warmup(self.params)  # one bucket per job: (width, height, steps) are job-wide
+        if hasattr(model, "batch_invariant"):  # runtime.deterministic decides, not the device
+            model.batch_invariant = deterministic
         self.cache = EmbeddingCache(model, spec.runtime.embedding_cache, deterministic)
         threads = io_threads or min(16, 2 * (os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="synthset-io")
