@@ -15,13 +15,17 @@ import time
 import torch
 
 from models.autoregressive import ARConfig, load_config, save_model_folder
-from models.encoders import TextEncoder
 from models.gan import load_weights, resolve_encoder
 from models.train.ar_loop import ARSettings, ARTrainer
 from models.train.checkpoint import CHECKPOINT_DIR, STATE_NAME, find_checkpoint, save_grid
-from models.train.data import load_captioned_images
-from models.train.gan_loop import encode_captions
-from models.train.runner import _device, _log_row, _mean, _StopFlag, prepare_run
+from models.train.runner import (
+    _device,
+    _log_row,
+    _mean,
+    _StopFlag,
+    load_training_data,
+    prepare_run,
+)
 
 log = logging.getLogger("synthset.train")
 
@@ -52,13 +56,7 @@ def build_trainer(cfg: dict) -> ARTrainer:
     """Load data and encoder, precompute the caption bank, and build (or resume) a trainer."""
     config, weights = _model_config(cfg)
     device = _device(cfg["device"])
-    data_cfg = cfg["data"]
-    data = load_captioned_images(data_cfg["path"], config.image_size, data_cfg["image_column"],
-                                 data_cfg["caption_column"], data_cfg.get("storage_options"))
-    encoder = TextEncoder(config.encoder, device=str(device))
-    config.text_dim = encoder.dim
-    bank = encode_captions(encoder, data.captions)
-    del encoder  # the bank is all training needs
+    data, bank = load_training_data(cfg, config, config.encoder, device)
     trainer = ARTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]))
     if weights:
         trainer.load_weights(weights["transformer"], weights["vq"])

@@ -65,17 +65,21 @@ class _StopFlag:
             signal.signal(s, handler)
 
 
-def build_trainer(cfg: dict) -> GanTrainer:
-    """Load data and encoder, precompute the caption bank, and build (or resume) a trainer."""
-    config, encoder_path, weights = _model_config(cfg)
-    device = _device(cfg["device"])
+def load_training_data(cfg: dict, config, encoder_path: str | None, device):
+    """The captioned images and their caption bank, encoded once; sets ``config.text_dim``."""
     data_cfg = cfg["data"]
     data = load_captioned_images(data_cfg["path"], config.image_size, data_cfg["image_column"],
                                  data_cfg["caption_column"], data_cfg.get("storage_options"))
     encoder = TextEncoder(encoder_path, device=str(device))
     config.text_dim = encoder.dim
-    bank = encode_captions(encoder, data.captions)
-    del encoder  # the bank is all training needs
+    return data, encode_captions(encoder, data.captions)  # the bank is all training needs
+
+
+def build_trainer(cfg: dict) -> GanTrainer:
+    """Load data and encoder, precompute the caption bank, and build (or resume) a trainer."""
+    config, encoder_path, weights = _model_config(cfg)
+    device = _device(cfg["device"])
+    data, bank = load_training_data(cfg, config, encoder_path, device)
     trainer = GanTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]))
     if weights:
         trainer.load_weights(weights["generator"], weights["discriminator"])
