@@ -9,6 +9,7 @@ Input: reads happen inside pyarrow, out of reach of ``call``, so there botocore'
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
@@ -120,15 +121,16 @@ class OutputFolder:
         self._lock = threading.Lock()  # uploads run on a thread pool
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
+    def scoped(self) -> OutputFolder:
+        """The same folder and filesystem with its own retry count (one per shard)."""
+        twin = copy.copy(self)
+        twin._retries_spent, twin._lock = 0, threading.Lock()
+        return twin
+
     @property
     def retry_count(self) -> int:
         """Retries spent since the last reset (a shard's stats)."""
         return self._retries_spent
-
-    @retry_count.setter
-    def retry_count(self, value: int) -> None:
-        with self._lock:
-            self._retries_spent = value
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name) if name else self.root
