@@ -1,7 +1,9 @@
 """``synthset run JOB --retry-failed``: regenerate only the failed samples of committed shards.
 
-The driver picks every committed shard whose marker counts failures and sends it with
-the keys of its ``status=error`` rows (``Shard.retry_keys``) through the usual executor.
+The driver picks every committed shard with samples that failed in generation and sends
+it with their keys (``Shard.retry_keys``) through the usual executor; rows quarantined
+for their input (null or invalid prompts, duplicate ids) fail the same way every time
+and are left as they are.
 The worker rebuilds the shard's samples from the input (same keys, same seeds), takes
 the outcome of every other sample from the committed metadata, and has the writer carry
 the committed images over; only the failed samples are generated again. The commit is
@@ -16,7 +18,7 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 
 from pipeline.progress import JOB, SUCCESS
-from pipeline.samples import Sample
+from pipeline.samples import Sample, retryable
 from pipeline.shards import Shard
 from pipeline.spec import SpecError
 from pipeline.storage import OutputFolder
@@ -57,19 +59,23 @@ def read_outcomes(folder: OutputFolder, shard_name: str) -> list[dict]:
 
 def retry_shards(folder: OutputFolder, shards: list[Shard], markers: dict[str, dict],
                  shard_name: Callable[[int], str]) -> list[Shard]:
-    """The committed shards with failed samples, each carrying its failed keys.
+    """The committed shards with samples that failed in generation, each carrying their
+    keys. Rows quarantined for their input are left alone: a retry cannot change them, so
+    a shard whose only failures are bad rows is not rewritten.
 
-    A shard is picked by its marker's failure count, not by its rows: a retry that
-    crashed after rewriting the rows but before replacing the marker is picked again
-    (with no keys left to generate) and its commit is completed.
+    The marker's failure count is checked against the rows too: a retry that crashed
+    after rewriting the rows but before replacing the marker is picked again (with no
+    keys left to generate) and its commit is completed.
     """
     picked = []
     for shard in shards:
         marker = markers.get(shard_name(shard.id))
         if marker and marker.get("failed"):
-            rows = read_outcomes(folder, shard_name(shard.id))
-            keys = tuple(r["key"] for r in rows if r["status"] == "error")
-            picked.append(dataclasses.replace(shard, retry_keys=keys))
+            errors = [r for r in read_outcomes(folder, shard_name(shard.id))
+                      if r["status"] == "error"]
+            keys = tuple(r["key"] for r in errors if retryable(r["error_message"]))
+            if keys or len(errors) != marker["failed"]:
+                picked.append(dataclasses.replace(shard, retry_keys=keys))
     return picked
 
 

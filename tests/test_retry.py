@@ -136,11 +136,24 @@ def test_retry_failed_regenerates_only_failed_samples(ray_local, reference, tmp_
     assert got["objects"] == want["objects"]  # tars and Parquet files byte for byte
     after = _snapshot(out)
     assert after["00001_stats.json"] == before["00001_stats.json"]  # a shard with no failure
-    assert json.loads(after["00000_stats.json"][1])["retried"] == 2  # the null row is retried
+    assert json.loads(after["00000_stats.json"][1])["retried"] == 1  # not the null row
     if fmt == "files":
         kept = [n for n in before if n.endswith(".png")]
         assert len(kept) == 7 and all(after[n] == before[n] for n in kept)  # not rewritten
         assert {os.path.basename(n)[:-4] for n in set(after) - set(before)} == FAILING
+
+
+def test_retry_leaves_shards_whose_only_failures_are_bad_rows(ray_local, tmp_path, src, model):
+    """The null prompt fails for good: --retry-failed rewrites nothing for it."""
+    out = tmp_path / "out"
+    spec = _spec(out, src, model("fixed"), "webdataset")
+    assert run_job(spec, show_progress=False)["failed"] == 1
+    before = _snapshot(out)
+    manifest = run_job(spec, show_progress=False, retry_failed=True)
+    assert manifest["failed"] == 1
+    after = _snapshot(out)
+    shard_files = {n for n in before if n.startswith("0000")}
+    assert shard_files and all(after[n] == before[n] for n in shard_files)
 
 
 def test_retry_interrupted_before_the_marker_converges(ray_local, reference, s3_endpoint, src,
