@@ -62,14 +62,15 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
     import torch
 
     from models.base import derive_seed
-    from models.registry import load_model
+    from models.registry import load_model, resolve_device
     from pipeline.worker import generation_params
 
     torch.set_num_threads(cpus)
     m = spec.model
-    model = load_model(m.family, m.path, m.encoder, "cpu", m.dtype, m.scheduler,
+    model = load_model(m.family, m.path, m.encoder, resolve_device(), m.dtype, m.scheduler,
                        m.trust_remote_code, m.options)
     params = generation_params(spec, model)
+    model.warmup(params)  # as the pipeline's actor does (torch.compile, cuDNN autotuning)
     table = pq.read_table(spec.input.path)
     prompts, ids = table.column("prompt").to_pylist(), table.column("id").to_pylist()
     b = spec.runtime.batch_size
@@ -87,8 +88,9 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
 
 
 def run_pipeline(spec: JobSpec) -> dict[str, Any]:
-    """The full pipeline; steady time spans the first shard's start to the last marker."""
-    from pipeline.progress import committed_shards
+    """The full pipeline; steady time spans the first shard's start to the driver learning
+    of the last commit (Ray Data's span ends when ``write_parquet`` returns)."""
+    from pipeline.progress import PROGRESS, committed_shards
     from pipeline.runner import open_output, read_markers, run_job
 
     start = time.perf_counter()
@@ -97,12 +99,14 @@ def run_pipeline(spec: JobSpec) -> dict[str, Any]:
     folder = open_output(spec)
     markers = read_markers(folder, committed_shards(folder))
     stages: Counter[str] = Counter()
+    uploads: Counter[str] = Counter()
     for m in markers:
         stages.update(m["stage_seconds"])
-    steady = max(m["end_time"] for m in markers) - min(m["start_time"] for m in markers)
+        uploads.update(m["uploads"])
+    steady = folder.read_json(PROGRESS)["last_commit_at"] - min(m["start_time"] for m in markers)
     return {"images": manifest["successes"], "steady_s": steady, "wall_s": wall,
-            "stages": dict(stages), "actor_rss_mb": max(m.get("peak_rss_mb", 0)
-                                                        for m in markers)}
+            "stages": dict(stages), "objects": uploads["objects"], "bytes": uploads["bytes"],
+            "actor_rss_mb": max(m.get("peak_rss_mb", 0) for m in markers)}
 
 
 def _free_port() -> int:
@@ -136,7 +140,8 @@ def run_ray_data(spec: JobSpec, output: str, cpus: int) -> dict[str, Any]:
 
     result = run(spec, spec.input.path, output, actors=1, cpus=cpus)
     return {"images": result["images"], "steady_s": result["steady_s"],
-            "wall_s": result["seconds"], "stages": {}}
+            "wall_s": result["seconds"], "stages": {}, "objects": result["objects"],
+            "bytes": result["bytes"]}
 
 
 def format_report(results: dict[str, dict], args) -> str:
@@ -149,14 +154,17 @@ def format_report(results: dict[str, dict], args) -> str:
     lines = [f"synthset bench: family={args.family} model={args.model or 'shipped'} "
              f"format={args.format} "
              f"size={args.size} batch={args.batch_size} prompts={args.prompts} cpus={args.cpus}",
-             f"{'mode':<10}{'images':>8}{'steady s':>10}{'img/s':>9}{'vs raw':>8}"
-             f"{'vs ray-data':>12}{'wall s':>9}  {'actor RSS MB':>12}"]
+             f"{'mode':<10}{'images':>8}{'steady s':>10}{'img/s':>10}{'vs raw':>8}"
+             f"{'vs ray-data':>12}{'wall s':>8}{'PUT/s':>8}{'MB/s':>7}{'actor RSS MB':>14}"]
     for name, r in results.items():
+        steady = r["steady_s"] or float("inf")
+        puts = f"{r['objects'] / steady:>8.1f}{r['bytes'] / 2**20 / steady:>7.1f}" \
+            if "objects" in r else f"{'':>15}"
         lines.append(
-            f"{name:<10}{r['images']:>8}{r['steady_s']:>10.2f}{rate(r):>9.2f}"
+            f"{name:<10}{r['images']:>8}{r['steady_s']:>10.2f}{rate(r):>10.1f}"
             f"{rate(r) / rate(raw) if raw else 0:>8.2f}"
-            f"{rate(r) / rate(rd) if rd and rate(rd) else 0:>12.2f}{r['wall_s']:>9.2f}  "
-            f"{r.get('actor_rss_mb', 0):>12.0f}")
+            f"{rate(r) / rate(rd) if rd and rate(rd) else 0:>12.2f}{r['wall_s']:>8.2f}{puts}"
+            f"{r.get('actor_rss_mb', 0):>14.0f}")
     lines.append("per-stage seconds (summed over shards; encode/upload run in a pool, "
                  "overlapping generation):")
     for name, r in results.items():
@@ -164,6 +172,42 @@ def format_report(results: dict[str, dict], args) -> str:
         lines.append(f"  {name:<9} {parts}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"driver peak RSS {rss:.0f} MB (raw loop runs in the driver process)")
+    return "\n".join(lines)
+
+
+def encode_pool(size: int, cpus: int, n: int = 32) -> str:
+    """Image encoding at ``size``²: serial vs a thread pool vs a process pool of ``cpus``.
+
+    The worker encodes on threads; this shows, per format on this machine, whether that
+    scales with cores (it does where the codec releases the GIL) and what processes
+    (spawned, arrays pickled over a pipe) would give instead.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    import numpy as np
+
+    from pipeline.imaging import encode_image
+
+    rng = np.random.default_rng(0)
+    # blocks plus mild noise: compresses about like a generated picture, not like flat noise
+    blocks = rng.integers(0, 256, (n, 8, 8, 3)).repeat(size // 8, 1).repeat(size // 8, 2)
+    images = list((blocks + rng.integers(-6, 7, blocks.shape)).clip(0, 255).astype(np.uint8))
+    lines = [f"image encode at {size}x{size}, images/s ({n} images; {cpus} workers):",
+             f"  {'format':<8}{'serial':>9}{'threads':>9}{'processes':>11}"]
+    spawn = multiprocessing.get_context("spawn")  # forking a process holding Ray is unsafe
+    with ThreadPoolExecutor(cpus) as threads, ProcessPoolExecutor(cpus, spawn) as procs:
+        list(procs.map(encode_image, images[:cpus], ["png"] * cpus))  # start-up, not timed
+        for fmt in ("jpeg", "png", "webp"):
+            rates = []
+            for pool in (None, threads, procs):
+                start = time.perf_counter()
+                if pool is None:
+                    [encode_image(im, fmt) for im in images]
+                else:
+                    list(pool.map(encode_image, images, [fmt] * n))
+                rates.append(n / (time.perf_counter() - start))
+            lines.append(f"  {fmt:<8}{rates[0]:>9.0f}{rates[1]:>9.0f}{rates[2]:>11.0f}")
     return "\n".join(lines)
 
 
@@ -211,4 +255,7 @@ def run_bench(args) -> str:
     if not args.skip_ray_data:
         results["ray-data"] = run_ray_data(bench_spec(args, prompts, work),
                                            os.path.join(work, "ray-data"), args.cpus)
-    return format_report(results, args)
+    report = format_report(results, args)
+    if args.encode_size:
+        report += "\n" + encode_pool(args.encode_size, args.cpus)
+    return report

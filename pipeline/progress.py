@@ -33,6 +33,7 @@ class Progress:
         self._live = 0  # images counted from per-batch reports of shards still running
         self._base = self.images_done + self.images_failed
         self.started = time.time()
+        self.last_commit_at: float | None = None  # when the driver learnt of the last commit
         self._flushed = 0.0
         self.bar = tqdm(total=images_total // per_prompt, unit="prompt", disable=not show_bar,
                         initial=self._base // per_prompt, dynamic_ncols=True, smoothing=0.1)
@@ -43,6 +44,7 @@ class Progress:
         self._refresh()
 
     def shard_done(self, stats: dict) -> None:
+        self.last_commit_at = time.time()
         self.shards_done += 1
         self.images_done += stats["successes"]
         self.images_failed += stats["failed"]
@@ -77,6 +79,7 @@ class Progress:
             "images_per_s": round(rate, 3),
             "eta_s": round(remaining / rate, 1) if rate > 0 and state == "running" else None,
             "started_at": self.started, "updated_at": time.time(),
+            "last_commit_at": self.last_commit_at,
             "elapsed_s": round(elapsed, 3),
         }
 

@@ -6,6 +6,7 @@ pipeline, so the two figures can be compared side by side.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -19,16 +20,17 @@ class _Generate:
     def __init__(self, spec_json: str, cpus: int) -> None:
         import torch
 
-        from models.registry import load_model
+        from models.registry import load_model, resolve_device
         from pipeline.spec import JobSpec
         from pipeline.worker import generation_params
 
         torch.set_num_threads(cpus)
         self.spec = JobSpec.model_validate_json(spec_json)
         m = self.spec.model
-        self.model = load_model(m.family, m.path, m.encoder, "cpu", m.dtype, m.scheduler,
-                                m.trust_remote_code, m.options)
+        self.model = load_model(m.family, m.path, m.encoder, resolve_device(), m.dtype,
+                                m.scheduler, m.trust_remote_code, m.options)
         self.params = generation_params(self.spec, self.model)
+        self.model.warmup(self.params)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from models.base import derive_seed
@@ -47,17 +49,20 @@ class _Generate:
 
 
 def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int) -> dict:
-    """Generate every prompt with Ray Data and write Parquet; returns images and seconds."""
+    """Generate every prompt with Ray Data and write Parquet; returns images, seconds, and
+    the files and bytes written."""
     from pipeline.executor import connect
 
     connect()
+    gpus = 1 if ray.cluster_resources().get("GPU") else 0
     shutil.rmtree(output_dir, ignore_errors=True)  # write_parquet adds files to what is there
     start = time.perf_counter()
     # Each actor reserves one CPU but runs torch on ``cpus`` threads, like the pipeline's
     # actor; reserving every core starves Ray Data's read and write tasks and it hangs.
     ds = ray.data.read_parquet(input_path)
     ds = ds.map_batches(_Generate, fn_constructor_args=(spec.model_dump_json(), cpus),
-                        batch_size=spec.runtime.batch_size, concurrency=actors, num_cpus=1)
+                        batch_size=spec.runtime.batch_size, concurrency=actors, num_cpus=1,
+                        num_gpus=gpus)
     ds.write_parquet(output_dir)
     seconds, finished = time.perf_counter() - start, time.time()
     import pyarrow.parquet as pq
@@ -65,4 +70,6 @@ def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int)
     times = pq.read_table(output_dir, columns=["t_start"])
     # first batch started → last file written: the same span the pipeline is measured over
     steady = finished - min(times.column("t_start").to_pylist())
-    return {"images": times.num_rows, "seconds": seconds, "steady_s": steady}
+    files = [os.path.join(output_dir, f) for f in os.listdir(output_dir)]
+    return {"images": times.num_rows, "seconds": seconds, "steady_s": steady,
+            "objects": len(files), "bytes": sum(os.path.getsize(f) for f in files)}

@@ -1,0 +1,54 @@
+"""``synthset bench``: one run prints every mode side by side, and the figures add up."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pyarrow.parquet as pq
+
+from pipeline.bench import run_bench
+
+MODES = ("raw", "local", "s3", "ray-data")
+
+
+def _bench_args(tmp_path, **over) -> argparse.Namespace:
+    args = dict(family="null", model=None, prompts=300, batch_size=32, shard_size=100, size=32,
+                steps=4, image_format="jpeg", format="parquet", cpus=2, workdir=str(tmp_path),
+                skip_s3=False, skip_ray_data=False, plan_rows=None, encode_size=64)
+    return argparse.Namespace(**{**args, **over})
+
+
+def _table(report: str) -> dict[str, list[str]]:
+    """The main table's rows by mode (the per-stage lines below it start with modes too)."""
+    table = report.split("per-stage seconds")[0]
+    return {cells[0]: cells for cells in map(str.split, table.splitlines())
+            if cells and cells[0] in MODES}
+
+
+def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
+    report = run_bench(_bench_args(tmp_path))
+    table = _table(report)
+    assert set(table) == set(MODES), report
+    for cells in table.values():
+        assert int(cells[1]) == 300, report  # every mode made every image
+        assert float(cells[3]) > 0, report  # images/s
+    assert float(table["raw"][4]) == 1.0 and float(table["ray-data"][5]) == 1.0
+    # the ratios are the rates divided, not estimates
+    local, raw, rd = (float(table[m][3]) for m in ("local", "raw", "ray-data"))
+    assert abs(float(table["local"][4]) - local / raw) < 0.01
+    assert abs(float(table["local"][5]) - local / rd) < 0.01
+    # uploads: one Parquet per shard (3) plus its marker is not counted; bytes are real
+    assert float(table["local"][8]) > 0 and float(table["s3"][8]) > 0
+    assert "local     read" in report and "generate" in report
+    encode = report.split("image encode at 64x64")[1].splitlines()
+    assert [line.split()[0] for line in encode[2:5]] == ["jpeg", "png", "webp"]
+    assert all(float(x) > 0 for line in encode[2:5] for x in line.split()[1:])
+    # what each mode wrote is there: the pipeline's commit and Ray Data's Parquet rows
+    assert os.path.exists(tmp_path / "local" / "_SUCCESS")
+    assert pq.read_table(tmp_path / "ray-data", columns=["id"]).num_rows == 300
+
+
+def test_bench_plans_a_generated_parquet(tmp_path):
+    report = run_bench(_bench_args(tmp_path, plan_rows=200_000))
+    assert report.startswith("plan of 200,000 prompts") and "200 shards" in report, report
