@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import pyarrow as pa
@@ -117,10 +117,19 @@ class ShardWorker:
         self.cache_lock = threading.Lock()
         self.extension = EXTENSIONS[spec.output.image_format]
         self.threads = threads
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="synthset-commit")
+        self.committing: Future | None = None
         self._warm_io()
 
     def run(self, shard: Shard, on_progress: ProgressCallback | None = None) -> dict:
         """Generate and commit one shard; returns the content of its marker."""
+        return self.start(shard, on_progress).result()
+
+    def start(self, shard: Shard, on_progress: ProgressCallback | None = None) -> Future:
+        """Generate one shard and hand its commit to the commit thread; the future holds
+        its marker. The commit (last uploads, metadata, packed object, marker) overlaps
+        the next shard's generation. At most one commit waits while a shard generates,
+        so a slow store holds generation back instead of piling shards up in memory."""
         timings: Counter[str] = Counter()
         started = time.time()
         folder = self.folder.scoped()  # this shard's own retry count
@@ -132,6 +141,15 @@ class ShardWorker:
             carried = sum(s.status == "success" for s in samples)
             on_progress(carried, len(samples) - len(todo) - carried)
         pending = self._generate_all(todo, writer, timings, on_progress)
+        if self.committing is not None:
+            wait([self.committing])  # its outcome is the caller's of that shard
+        self.committing = self.committer.submit(self._commit, shard, table, samples, writer,
+                                                pending, timings, started, folder)
+        return self.committing
+
+    def _commit(self, shard: Shard, table: pa.Table, samples: list[Sample], writer,
+                pending: list[tuple[list, Future]], timings: Counter, started: float,
+                folder: OutputFolder) -> dict:
         t = time.perf_counter()
         for chunk, future in pending:
             timings["image_encode_and_upload"] += self._settle(chunk, future)

@@ -37,6 +37,7 @@ class FaultProxy:
         self.script: list[str | None] = []  # faults for the next requests, in order
         self.trip_on: str | None = None  # a path suffix: once a PUT of it succeeds, outage on
         self.first_put_fails: str | None = None  # a path suffix: the first PUT of each gets 503
+        self.hold: dict[str, threading.Event] = {}  # path suffix -> PUTs wait until it is set
         self._failed_once: set[str] = set()
         self.faults: Counter[str] = Counter()
         self.requests = 0
@@ -67,6 +68,9 @@ class FaultProxy:
             return fault
 
     def forward(self, method: str, path: str, headers, body: bytes):
+        for suffix, release in self.hold.items():
+            if method == "PUT" and path.split("?")[0].endswith(suffix):
+                release.wait(60)  # a slow store: the PUT takes as long as the test says
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         for k, v in headers.items():

@@ -1,6 +1,8 @@
 """Poison samples and malformed rows are quarantined in-process; the rest of the shard commits."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -97,3 +99,45 @@ def test_malformed_rows_are_quarantined_with_a_status(run_shard):
     assert values[9][0] == "success"
     assert values[10][0] == "success"
     assert values[11][:2] == ("error", "duplicate id 'same' in this shard")
+
+
+
+def test_a_slow_commit_overlaps_the_next_shards_generation(tmp_path, tiny_gan, s3_bucket):
+    """Shard 0's Parquet PUT is held on the wire: shard 1 still generates to the end, then
+    waits (one commit outstanding at most). Both commits land once the PUT goes through."""
+    from tests.conftest import write_prompts
+    from tests.faultproxy import FaultProxy
+
+    bucket, options = s3_bucket
+    src = write_prompts(tmp_path / "p.parquet", [f"a red circle number {i}" for i in range(8)])
+    proxy = FaultProxy(options["endpoint_url"])
+    try:
+        spec = build_spec({"input": {"path": src}, "model": {"path": tiny_gan},
+                           "output": {"path": f"s3://{bucket}/slow", "format": "parquet"},
+                           "runtime": {"batch_size": 2, "shard_size": 4},
+                           "storage_options": {"endpoint_url": proxy.url}})
+        plan = make_plan(spec)
+        shards = list(plan_shards(plan.inputs, 4))
+        proxy.hold["/slow/00000.parquet"] = release = threading.Event()
+        worker = ShardWorker(spec, load_model("gan", tiny_gan), plan.keys,
+                             OutputFolder(spec.output.path, spec.storage_options), True)
+        first = worker.start(shards[0])
+        drawn, started = [], []
+        second = threading.Thread(target=lambda: started.append(
+            worker.start(shards[1], lambda done, failed: drawn.append(done))))
+        second.start()
+        deadline = time.time() + 60
+        while sum(drawn) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        assert sum(drawn) == 4  # shard 1 fully drawn...
+        assert not first.done() and second.is_alive()  # ...while shard 0 still commits
+        release.set()
+        second.join(60)
+        assert first.result()["successes"] == 4 and started[0].result()["successes"] == 4
+    finally:
+        proxy.close()
+    folder = OutputFolder(spec.output.path, options)
+    for name in ("00000", "00001"):
+        marker = folder.read_json(f"{name}_stats.json")
+        rows = pq.read_table(folder.open(f"{name}.parquet"), columns=["sha256"]).to_pylist()
+        assert marker["successes"] == 4 and all(r["sha256"] for r in rows)

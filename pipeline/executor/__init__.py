@@ -1,10 +1,13 @@
 """The only module that imports ray: the actor pool, GPU pinning, dispatch and resubmits.
 
 Each actor pins one GPU when the cluster has them (or the CPUs it computes on when
-it has none), loads its model once in the constructor, and runs whole shards. The
-driver keeps ``runtime.shards_in_flight`` shards queued per actor so none idles
-between shards, replaces dead actors, and resubmits failed shards a bounded
-number of times.
+it has none), loads its model once in the constructor, and runs whole shards in two
+calls: ``generate(shard)`` draws it and starts its commit in the background, and
+``commit(shard_id)``, queued behind the actor's next shard, returns the marker, so a
+shard's last uploads and commit overlap the next one's generation. The driver keeps
+``runtime.shards_in_flight`` shards queued for generation per actor so none idles
+between shards, replaces dead actors, and resubmits failed shards a bounded number
+of times.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import ray
@@ -82,7 +86,7 @@ class _Reporter:
 
 
 class GenerationActor:
-    """Holds one loaded model and a ShardWorker; ``run_shard`` commits one shard."""
+    """Holds one loaded model and a ShardWorker; ``generate`` then ``commit`` run a shard."""
 
     def __init__(self, spec_json: str, keys: KeyFormat, cpus: int, sink, slot: int) -> None:
         import torch
@@ -108,16 +112,22 @@ class GenerationActor:
                                   store_threads(self.spec.output.format, cpus),
                                   overlap_encoding=self.device != "cpu")
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
+        self.commits: dict[int, Future] = {}
 
     def ready(self) -> dict:
         return {"device": self.device, "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def run_shard(self, shard: Shard) -> dict:
+    def generate(self, shard: Shard) -> None:
+        """Generate a shard; its commit goes on in the background until ``commit``."""
         try:
-            return self.worker.run(shard, self.report)
+            self.commits[shard.id] = self.worker.start(shard, self.report)
         finally:
             self.report.flush()
+
+    def commit(self, shard_id: int) -> dict:
+        """Wait for a generated shard's commit; returns its marker (or raises its error)."""
+        return self.commits.pop(shard_id).result()
 
 
 @dataclass
@@ -179,7 +189,7 @@ class RayExecutor:
         self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(GenerationActor)
         self.spec_json = spec.model_dump_json()
         self.slots: list[_Slot] = []
-        self.inflight: dict = {}  # ObjectRef -> (slot, shard)
+        self.inflight: dict = {}  # ObjectRef -> (slot, shard, "generate" or "commit")
         self.queue: deque[Shard] = deque()
         self.attempts: Counter[int] = Counter()
         self.actor_failures = 0
@@ -243,7 +253,7 @@ class RayExecutor:
         slot.ready, slot.last_seen = True, time.time()
 
     def _on_result(self, ref) -> None:
-        slot, shard = self.inflight.pop(ref)
+        slot, shard, stage = self.inflight.pop(ref)
         try:
             stats = ray.get(ref)
         except RayActorError as e:
@@ -253,19 +263,24 @@ class RayExecutor:
         except RayTaskError as e:
             self._retry(shard, _cause(e))
         else:
+            slot.last_seen = time.time()
+            if stage == "generate":
+                # queued behind the actor's next shard, so that shard generates meanwhile
+                self.inflight[slot.handle.commit.remote(shard.id)] = (slot, shard, "commit")
+                return
             self.outcome.committed.append(stats)
             self.progress.shard_done(stats)
-            slot.last_seen = time.time()
 
     def _feed(self) -> None:
-        """Keep ``shards_in_flight`` shards queued on every ready actor."""
+        """Keep ``shards_in_flight`` shards queued for generation on every ready actor."""
         for slot in self.slots:
-            while slot.ready and self.queue and self._load(slot) < self.rt.shards_in_flight:
+            while (slot.ready and self.queue
+                   and self._load(slot, "generate") < self.rt.shards_in_flight):
                 shard = self.queue.popleft()
-                self.inflight[slot.handle.run_shard.remote(shard)] = (slot, shard)
+                self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
 
-    def _load(self, slot: _Slot) -> int:
-        return sum(s is slot for s, _ in self.inflight.values())
+    def _load(self, slot: _Slot, stage: str | None = None) -> int:
+        return sum(s is slot and stage in (None, st) for s, _, st in self.inflight.values())
 
     def _lose(self, slot: _Slot, reason: str) -> None:
         if slot not in self.slots:
