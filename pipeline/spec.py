@@ -93,9 +93,16 @@ class OutputSpec(_Section):
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first backoff; doubles, capped")
 
 
+# What one accelerator batch holds comfortably: SD-class pipelines at 512-1024 px, the small
+# GAN and autoregressive models at 64 px; the null generator's batches only amortise overhead.
+DEFAULT_BATCH_SIZE = {"diffusers": 8, "gan": 64, "autoregressive": 16, "null": 64}
+
+
 class RuntimeSpec(_Section):
     actors: int | Literal["auto"] = Field("auto", description="'auto' = one per GPU (CPU: 1)")
-    batch_size: int = Field(8, ge=1, le=4096)
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="prompts per generator batch; 'auto' = per model family "
+        "(diffusers 8, gan 64, autoregressive 16, null 64)")
     shard_size: int = Field(1000, ge=1, le=1_000_000)
     shards_in_flight: int = Field(2, ge=1, le=16, description="queued shards per actor")
     max_shard_attempts: int = Field(3, ge=1, le=100)
@@ -120,6 +127,13 @@ class RuntimeSpec(_Section):
             raise ValueError("must be 'auto' or a positive number")
         return v
 
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError("must be 'auto' or a number from 1 to 4096")
+        return v
+
 
 class JobSpec(_Section):
     """A whole job, validated on creation: every unknown key or bad value is an error."""
@@ -131,6 +145,12 @@ class JobSpec(_Section):
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
+
+    @model_validator(mode="after")
+    def _resolve_batch_size(self) -> JobSpec:
+        if self.runtime.batch_size == "auto":
+            self.runtime.batch_size = DEFAULT_BATCH_SIZE[self.model.family]
+        return self
 
     def fingerprint(self, input_signature: str = "") -> str:
         """Identifies what the output will contain; runtime knobs that don't change it are out."""

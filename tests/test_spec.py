@@ -76,3 +76,16 @@ def test_shipped_job_files_validate():
     for name in ("jobs/demo.yaml",):
         spec = load_spec(name)
         assert spec.input.path
+
+
+def test_batch_size_defaults_per_family_and_an_explicit_one_wins():
+    sizes = {family: build_spec({"input": {"path": "p.parquet"},
+                                 "model": {"family": family, "path": "m"}}).runtime.batch_size
+             for family in ("gan", "autoregressive", "diffusers", "null")}
+    assert sizes == {"gan": 64, "autoregressive": 16, "diffusers": 8, "null": 64}
+    spec = build_spec({"input": {"path": "p.parquet"}, "model": {"family": "diffusers",
+                                                                  "path": "m"},
+                       "runtime": {"batch_size": 2}})
+    assert spec.runtime.batch_size == 2
+    with pytest.raises(SpecError, match="runtime.batch_size: must be 'auto' or a number"):
+        build_spec({"input": {"path": "p.parquet"}, "runtime": {"batch_size": 5000}})
