@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from pipeline.spec import JobSpec, build_spec
 
 PARTI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "PartiPrompts.tsv")
-STAGES = ("read", "text_encode", "generate", "image_encode_and_upload", "wait_for_uploads",
-          "metadata")
+STAGES = ("read", "text_encode", "generate", "image_encode", "image_encode_and_upload",
+          "wait_for_uploads", "metadata")
 
 
 def write_bench_prompts(path: str, n: int) -> str:
@@ -140,8 +140,9 @@ def run_ray_data(spec: JobSpec, output: str, cpus: int) -> dict[str, Any]:
 
     result = run(spec, spec.input.path, output, actors=1, cpus=cpus)
     return {"images": result["images"], "steady_s": result["steady_s"],
-            "wall_s": result["seconds"], "stages": {}, "objects": result["objects"],
-            "bytes": result["bytes"]}
+            "wall_s": result["seconds"], "stages": result["stages"],
+            "objects": result["objects"], "bytes": result["bytes"],
+            "actor_rss_mb": result["actor_rss_mb"]}
 
 
 def format_report(results: dict[str, dict], args) -> str:
@@ -172,6 +173,9 @@ def format_report(results: dict[str, dict], args) -> str:
         lines.append(f"  {name:<9} {parts}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"driver peak RSS {rss:.0f} MB (raw loop runs in the driver process)")
+    if args.family == "null" and "local" in results:
+        lines.append(f"pipeline overhead (null generator, to disk): "
+                     f"{rate(results['local']) / args.cpus:,.0f} images/s per core")
     return "\n".join(lines)
 
 
@@ -197,7 +201,8 @@ def encode_pool(size: int, cpus: int, n: int = 32) -> str:
              f"  {'format':<8}{'serial':>9}{'threads':>9}{'processes':>11}"]
     spawn = multiprocessing.get_context("spawn")  # forking a process holding Ray is unsafe
     with ThreadPoolExecutor(cpus) as threads, ProcessPoolExecutor(cpus, spawn) as procs:
-        list(procs.map(encode_image, images[:cpus], ["png"] * cpus))  # start-up, not timed
+        for pool in (threads, procs):  # start-up, not timed
+            list(pool.map(encode_image, images[:cpus], ["png"] * cpus))
         for fmt in ("jpeg", "png", "webp"):
             rates = []
             for pool in (None, threads, procs):

@@ -40,7 +40,9 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
     assert abs(float(table["local"][5]) - local / rd) < 0.01
     # uploads: one Parquet per shard (3) plus its marker is not counted; bytes are real
     assert float(table["local"][8]) > 0 and float(table["s3"][8]) > 0
-    assert "local     read" in report and "generate" in report
+    assert "local     read" in report and "ray-data  text_encode" in report
+    assert float(table["local"][-1]) > 0 and float(table["ray-data"][-1]) > 0  # actor RSS
+    assert "images/s per core" in report
     encode = report.split("image encode at 64x64")[1].splitlines()
     assert [line.split()[0] for line in encode[2:5]] == ["jpeg", "png", "webp"]
     assert all(float(x) > 0 for line in encode[2:5] for x in line.split()[1:])

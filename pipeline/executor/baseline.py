@@ -7,11 +7,16 @@ pipeline, so the two figures can be compared side by side.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import time
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
+
+STAGES = ("s_text_encode", "s_generate", "s_image_encode")  # seconds, per row
 
 
 class _Generate:
@@ -36,16 +41,25 @@ class _Generate:
         from models.base import derive_seed
         from pipeline.imaging import encode_image
 
-        started = time.time()
+        started, t0 = time.time(), time.perf_counter()
         prompts = [str(p) for p in batch[self.spec.input.prompt_column]]
         ids = [str(i) for i in batch["id"]]
         seeds = [derive_seed(self.spec.generation.seed, i, 0) for i in ids]
-        images = self.model.generate(self.model.encode_prompt(prompts), seeds, self.params)
+        embeds = self.model.encode_prompt(prompts)
+        t1 = time.perf_counter()
+        images = self.model.generate(embeds, seeds, self.params)
+        t2 = time.perf_counter()
         fmt, quality = self.spec.output.image_format, self.spec.output.quality
         encoded = np.array([encode_image(im, fmt, quality) for im in images], dtype=object)
-        # per-batch timestamps give the steady-state span, start-up excluded
+        t3 = time.perf_counter()
+        n = len(ids)
+        # per-batch timestamps give the steady-state span (start-up excluded); stage times
+        # and peak RSS ride along as columns, spread over the batch's rows
         return {"id": np.array(ids), "prompt": np.array(prompts), "image": encoded,
-                "t_start": np.full(len(ids), started)}
+                "t_start": np.full(n, started), "s_text_encode": np.full(n, (t1 - t0) / n),
+                "s_generate": np.full(n, (t2 - t1) / n),
+                "s_image_encode": np.full(n, (t3 - t2) / n),
+                "rss_mb": np.full(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int) -> dict:
@@ -65,11 +79,12 @@ def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int)
                         num_gpus=gpus)
     ds.write_parquet(output_dir)
     seconds, finished = time.perf_counter() - start, time.time()
-    import pyarrow.parquet as pq
 
-    times = pq.read_table(output_dir, columns=["t_start"])
+    times = pq.read_table(output_dir, columns=["t_start", *STAGES, "rss_mb"])
     # first batch started → last file written: the same span the pipeline is measured over
     steady = finished - min(times.column("t_start").to_pylist())
     files = [os.path.join(output_dir, f) for f in os.listdir(output_dir)]
     return {"images": times.num_rows, "seconds": seconds, "steady_s": steady,
+            "stages": {s[2:]: pc.sum(times[s]).as_py() for s in STAGES},
+            "actor_rss_mb": pc.max(times["rss_mb"]).as_py(),
             "objects": len(files), "bytes": sum(os.path.getsize(f) for f in files)}
