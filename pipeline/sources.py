@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ class InputFile:
 
     def read(self, start: int, stop: int, storage_options: dict[str, Any]):
         """Rows [start, stop) as Arrow tables, one row group at a time."""
-        return read_rows(self.path, start, stop, storage_options)
+        return read_rows(self.path, start, stop, storage_options, self.row_groups, self.size)
 
 
 @dataclass(frozen=True)
@@ -153,17 +154,53 @@ def check_columns(schema: pa.Schema, spec: InputSpec) -> None:
                          f"{schema.field(spec.seed_column).type}; seeds must be integers")
 
 
-def read_rows(path: str, start: int, stop: int, storage_options: dict[str, Any]):
-    """Yield Arrow tables for rows [start, stop) of one file, one row group at a time."""
+def read_rows(path: str, start: int, stop: int, storage_options: dict[str, Any],
+              row_groups: tuple[int, ...] | None = None, size: int | None = None):
+    """Yield Arrow tables for rows [start, stop) of one file, one row group at a time.
+
+    A row group only partly asked for stays cached (the last such one in this process):
+    pandas and pyarrow write up to a million rows per group, and without the cache every
+    1000-row shard of such a file would download and decode the whole group again.
+    """
     fs, _ = open_input_fs(path, storage_options)
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
+    f = pf = None
+    try:
+        if row_groups is None:
+            f = fs.open(path, "rb")
+            pf = pq.ParquetFile(f)
+            row_groups = tuple(pf.metadata.row_group(i).num_rows
+                               for i in range(pf.metadata.num_row_groups))
         offset = 0
-        for i in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
+        for i, n in enumerate(row_groups):
             lo, hi = max(start, offset), min(stop, offset + n)
             if lo < hi:
-                yield pf.read_row_group(i).slice(lo - offset, hi - lo)
+                key = (path, size, row_groups, i)
+                table = _cached_group(key)
+                if table is None:
+                    if pf is None:
+                        f = fs.open(path, "rb")
+                        pf = pq.ParquetFile(f)
+                    table = pf.read_row_group(i)
+                    if hi - lo < n:
+                        _remember_group(key, table)
+                yield table.slice(lo - offset, hi - lo)
             offset += n
             if offset >= stop:
                 break
+    finally:
+        if f is not None:
+            f.close()
+
+
+_last_group: list = [None, None]  # [key, table]: the partly read row group kept
+_last_group_lock = threading.Lock()
+
+
+def _cached_group(key: tuple) -> pa.Table | None:
+    with _last_group_lock:
+        return _last_group[1] if _last_group[0] == key else None
+
+
+def _remember_group(key: tuple, table: pa.Table) -> None:
+    with _last_group_lock:
+        _last_group[:] = [key, table]

@@ -1,5 +1,7 @@
 """Input resolution, schema checks, shard planning and row-group streaming on real Parquet."""
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -44,6 +46,17 @@ def test_read_rows_streams_only_the_row_groups_needed(tmp_path):
     parts = list(read_rows(path, 25, 42, {}))
     assert [len(p) for p in parts] == [5, 10, 2]  # three row groups, never the whole file
     assert pa.concat_tables(parts).column("prompt").to_pylist() == [f"p{i}" for i in range(25, 42)]
+
+
+def test_consecutive_shards_of_one_big_row_group_read_it_once(tmp_path):
+    """pandas writes a million rows per group: each shard must not download it again."""
+    path = write_prompts(tmp_path / "big.parquet", [f"p{i}" for i in range(100)])
+    shards = list(plan_shards(_inputs(path), 10))
+    first = pa.concat_tables(list(shards[0].segments[0].read({})))
+    os.remove(path)  # only a cached row group can serve the next shard now
+    second = pa.concat_tables(list(shards[1].segments[0].read({})))
+    assert first.column("prompt").to_pylist() == [f"p{i}" for i in range(10)]
+    assert second.column("prompt").to_pylist() == [f"p{i}" for i in range(10, 20)]
 
 
 def test_key_format_is_img2dataset_style_and_widens_when_needed():
