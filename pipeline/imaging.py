@@ -39,7 +39,12 @@ def blank_mask(images) -> list[bool]:
     """:func:`is_blank` for each image of a batch; one reduction for a stacked array."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and len(images):
         flat = images.reshape(len(images), -1)
-        return (flat.max(axis=1) == flat.min(axis=1)).tolist()
+        # a sparse sample settles almost every image; only flat-looking ones get a full pass
+        sample = flat[:, ::61]
+        maybe = np.flatnonzero(sample.max(axis=1) == sample.min(axis=1))
+        blank = np.zeros(len(images), bool)
+        blank[maybe] = flat[maybe].max(axis=1) == flat[maybe].min(axis=1)
+        return blank.tolist()
     return [is_blank(im) for im in images]
 
 
