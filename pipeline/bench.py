@@ -197,7 +197,8 @@ def encode_pool(size: int, cpus: int, n: int = 32) -> str:
     # blocks plus mild noise: compresses about like a generated picture, not like flat noise
     blocks = rng.integers(0, 256, (n, 8, 8, 3)).repeat(size // 8, 1).repeat(size // 8, 2)
     images = list((blocks + rng.integers(-6, 7, blocks.shape)).clip(0, 255).astype(np.uint8))
-    lines = [f"image encode at {size}x{size}, images/s ({n} images; {cpus} workers):",
+    lines = [f"image encode at {size}x{size}, images/s ({n} images, best of 2; {cpus} "
+             "workers):",
              f"  {'format':<8}{'serial':>9}{'threads':>9}{'processes':>11}"]
     spawn = multiprocessing.get_context("spawn")  # forking a process holding Ray is unsafe
     with ThreadPoolExecutor(cpus) as threads, ProcessPoolExecutor(cpus, spawn) as procs:
@@ -206,12 +207,15 @@ def encode_pool(size: int, cpus: int, n: int = 32) -> str:
         for fmt in ("jpeg", "png", "webp"):
             rates = []
             for pool in (None, threads, procs):
-                start = time.perf_counter()
-                if pool is None:
-                    [encode_image(im, fmt) for im in images]
-                else:
-                    list(pool.map(encode_image, images, [fmt] * n))
-                rates.append(n / (time.perf_counter() - start))
+                best = float("inf")
+                for _ in range(2):  # best of two: a first pass also pays lazy set-up
+                    start = time.perf_counter()
+                    if pool is None:
+                        [encode_image(im, fmt) for im in images]
+                    else:
+                        list(pool.map(encode_image, images, [fmt] * n))
+                    best = min(best, time.perf_counter() - start)
+                rates.append(n / best)
             lines.append(f"  {fmt:<8}{rates[0]:>9.0f}{rates[1]:>9.0f}{rates[2]:>11.0f}")
     return "\n".join(lines)
 
@@ -240,7 +244,7 @@ def plan_scale(n: int, workdir: str) -> str:
     tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return (f"plan of {plan.prompts:,} prompts ({os.path.getsize(path) / 2**20:.0f} MiB, "
-            f"{plan.shards} shards): {seconds:.2f} s, Python heap peak "
+            f"{plan.shards} shards): {seconds * 1000:.0f} ms, Python heap peak "
             f"{peak / 2**20:.1f} MiB, driver RSS {rss_before:.0f} -> {rss:.0f} MB")
 
 
