@@ -41,9 +41,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); \
 	  from tiny_sd import build_tiny_sd_pipeline; build_tiny_sd_pipeline('out/bench/tiny-sd')"
-	$(BIN)/synthset bench --family diffusers --model out/bench/tiny-sd --workdir out/bench/sd
+	$(BIN)/synthset bench --family diffusers --model out/bench/tiny-sd --workdir out/bench/sd \
+	  --repeat 3 --encode-size 0
 	$(BIN)/synthset bench --family null --prompts 40000 --batch-size 64 --shard-size 1000 \
-	  --image-format jpeg --workdir out/bench/null
+	  --image-format jpeg --workdir out/bench/null --repeat 3
 	$(BIN)/synthset bench --plan-rows 1000000 --workdir out/bench/scale
 
 lint: $(STAMP)

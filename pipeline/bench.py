@@ -15,6 +15,7 @@ import os
 import resource
 import tempfile
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -129,8 +130,9 @@ def with_moto(fn):
         # credentials in the options: actors started earlier never saw this process's env
         options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "bench",
                    "secret": "bench-secret"}
-        s3fs.S3FileSystem(**options).mkdir("bench")
-        return fn(options, "bench")
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"  # moto's state outlives one server
+        s3fs.S3FileSystem(**options).mkdir(bucket)
+        return fn(options, bucket)
     finally:
         server.stop()
 
@@ -145,26 +147,27 @@ def run_ray_data(spec: JobSpec, output: str, cpus: int) -> dict[str, Any]:
             "actor_rss_mb": result["actor_rss_mb"]}
 
 
+def _rate(r: dict) -> float:
+    return r["images"] / r["steady_s"] if r.get("steady_s") else 0.0
+
+
 def format_report(results: dict[str, dict], args) -> str:
     raw = results.get("raw", {})
     rd = results.get("ray-data", {})
-
-    def rate(r):
-        return r["images"] / r["steady_s"] if r.get("steady_s") else 0.0
-
     lines = [f"synthset bench: family={args.family} model={args.model or 'shipped'} "
-             f"format={args.format} "
-             f"size={args.size} batch={args.batch_size} prompts={args.prompts} cpus={args.cpus}",
-             f"{'mode':<10}{'images':>8}{'steady s':>10}{'img/s':>10}{'vs raw':>8}"
+             f"format={args.format} size={args.size} batch={args.batch_size} "
+             f"prompts={args.prompts} cpus={args.cpus} rounds={max(1, args.repeat)} "
+             "(best round per mode; spread = (best - worst) / best)",
+             f"{'mode':<10}{'images':>8}{'steady s':>10}{'img/s':>10}{'spread':>8}{'vs raw':>8}"
              f"{'vs ray-data':>12}{'wall s':>8}{'PUT/s':>8}{'MB/s':>7}{'actor RSS MB':>14}"]
     for name, r in results.items():
         steady = r["steady_s"] or float("inf")
         puts = f"{r['objects'] / steady:>8.1f}{r['bytes'] / 2**20 / steady:>7.1f}" \
             if "objects" in r else f"{'':>15}"
         lines.append(
-            f"{name:<10}{r['images']:>8}{r['steady_s']:>10.2f}{rate(r):>10.1f}"
-            f"{rate(r) / rate(raw) if raw else 0:>8.2f}"
-            f"{rate(r) / rate(rd) if rd and rate(rd) else 0:>12.2f}{r['wall_s']:>8.2f}{puts}"
+            f"{name:<10}{r['images']:>8}{r['steady_s']:>10.2f}{_rate(r):>10.1f}"
+            f"{r.get('spread', 0):>8.0%}{_rate(r) / _rate(raw) if raw else 0:>8.2f}"
+            f"{_rate(r) / _rate(rd) if rd and _rate(rd) else 0:>12.2f}{r['wall_s']:>8.2f}{puts}"
             f"{r.get('actor_rss_mb', 0):>14.0f}")
     lines.append("per-stage seconds (summed over shards; encode/upload run in a pool, "
                  "overlapping generation):")
@@ -175,7 +178,7 @@ def format_report(results: dict[str, dict], args) -> str:
     lines.append(f"driver peak RSS {rss:.0f} MB (raw loop runs in the driver process)")
     if args.family == "null" and "local" in results:
         lines.append(f"pipeline overhead (null generator, to disk): "
-                     f"{rate(results['local']) / args.cpus:,.0f} images/s per core")
+                     f"{_rate(results['local']) / args.cpus:,.0f} images/s per core")
     return "\n".join(lines)
 
 
@@ -255,15 +258,26 @@ def run_bench(args) -> str:
     if args.plan_rows:
         return plan_scale(args.plan_rows, work)
     prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts)
-    results: dict[str, dict] = {}
-    results["raw"] = run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus)
-    results["local"] = run_pipeline(bench_spec(args, prompts, os.path.join(work, "local")))
+    modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
+             "local": lambda: run_pipeline(bench_spec(args, prompts,
+                                                      os.path.join(work, "local")))}
     if not args.skip_s3:
-        results["s3"] = with_moto(lambda options, bucket: run_pipeline(
+        modes["s3"] = lambda: with_moto(lambda options, bucket: run_pipeline(
             bench_spec(args, prompts, f"s3://{bucket}/run", options)))
     if not args.skip_ray_data:
-        results["ray-data"] = run_ray_data(bench_spec(args, prompts, work),
-                                           os.path.join(work, "ray-data"), args.cpus)
+        modes["ray-data"] = lambda: run_ray_data(bench_spec(args, prompts, work),
+                                                 os.path.join(work, "ray-data"), args.cpus)
+    # Rounds interleave the modes, so drift in a shared machine's speed hits each alike;
+    # each mode reports its best round, and the spread shows how much the rounds differed.
+    runs: dict[str, list[dict]] = {name: [] for name in modes}
+    for _ in range(max(1, args.repeat)):
+        for name, run in modes.items():
+            runs[name].append(run())
+    results = {}
+    for name, rounds in runs.items():
+        rates = [_rate(r) for r in rounds]
+        results[name] = {**max(rounds, key=_rate),
+                         "spread": (max(rates) - min(rates)) / max(rates) if max(rates) else 0}
     report = format_report(results, args)
     if args.encode_size:
         report += "\n" + encode_pool(args.encode_size, args.cpus)

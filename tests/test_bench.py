@@ -15,7 +15,7 @@ MODES = ("raw", "local", "s3", "ray-data")
 def _bench_args(tmp_path, **over) -> argparse.Namespace:
     args = dict(family="null", model=None, prompts=300, batch_size=32, shard_size=100, size=32,
                 steps=4, image_format="jpeg", format="parquet", cpus=2, workdir=str(tmp_path),
-                skip_s3=False, skip_ray_data=False, plan_rows=None, encode_size=64)
+                skip_s3=False, skip_ray_data=False, plan_rows=None, encode_size=64, repeat=2)
     return argparse.Namespace(**{**args, **over})
 
 
@@ -33,13 +33,14 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
     for cells in table.values():
         assert int(cells[1]) == 300, report  # every mode made every image
         assert float(cells[3]) > 0, report  # images/s
-    assert float(table["raw"][4]) == 1.0 and float(table["ray-data"][5]) == 1.0
+    assert float(table["raw"][5]) == 1.0 and float(table["ray-data"][6]) == 1.0
     # the ratios are the rates divided, not estimates
     local, raw, rd = (float(table[m][3]) for m in ("local", "raw", "ray-data"))
-    assert abs(float(table["local"][4]) - local / raw) < 0.01
-    assert abs(float(table["local"][5]) - local / rd) < 0.01
-    # uploads: one Parquet per shard (3) plus its marker is not counted; bytes are real
-    assert float(table["local"][8]) > 0 and float(table["s3"][8]) > 0
+    assert abs(float(table["local"][5]) - local / raw) < 0.01
+    assert abs(float(table["local"][6]) - local / rd) < 0.01
+    assert "rounds=2" in report and all(0 <= int(c[4].rstrip("%")) < 100 for c in table.values())
+    # uploads: objects and MiB per second, from what the markers counted
+    assert float(table["local"][8]) > 0 and float(table["s3"][9]) > 0
     assert "local     read" in report and "ray-data  text_encode" in report
     assert float(table["local"][-1]) > 0 and float(table["ray-data"][-1]) > 0  # actor RSS
     assert "images/s per core" in report
