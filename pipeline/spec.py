@@ -111,7 +111,9 @@ class RuntimeSpec(_Section):
     stall_timeout_s: float = Field(
         900, gt=0, description="an actor holding work with no batch done for this long is "
         "killed and replaced")
-    cpus_per_actor: int | None = Field(None, ge=1, description="default: all CPUs when no GPU")
+    cpus_per_actor: int | None = Field(
+        None, ge=1, description="default: a GPU node's CPUs per GPU; with no GPU, all CPUs "
+        "/ actors")
     progress_interval_s: float = Field(2.0, gt=0)
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="encode and generate one sample per forward so images are "

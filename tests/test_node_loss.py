@@ -46,3 +46,12 @@ def test_node_removed_mid_job_moves_its_shards(cluster, tmp_path, tiny_gan, capl
     run_job(_spec(tmp_path, src, tiny_gan, out="ref", actors=1, shard_size=8),
             show_progress=False)
     _assert_same_dataset(tmp_path / "ref", tmp_path / "out")
+
+
+def test_gpu_actors_reserve_their_share_of_a_gpu_nodes_cpus():
+    from pipeline.executor import cpus_per_gpu
+
+    # a CPU-only head node does not count; the tightest GPU node decides
+    assert cpus_per_gpu([{"CPU": 8}, {"CPU": 16, "GPU": 1}, {"CPU": 96, "GPU": 8}]) == 12
+    assert cpus_per_gpu([{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1}]) == 1
+    assert cpus_per_gpu([{"CPU": 4, "GPU": 8}]) == 1  # never zero

@@ -145,11 +145,22 @@ def plan_actors(spec: JobSpec) -> tuple[int, dict]:
     count = spec.runtime.actors
     if gpus:
         count = gpus if count == "auto" else count
-        return count, {"num_gpus": 1, "num_cpus": spec.runtime.cpus_per_actor or 1}
+        # The GPU's share of its node's CPUs: they run the actor's image encoding (512x512
+        # PNG is ~25 images/s per core) and uploads.
+        per_gpu = spec.runtime.cpus_per_actor or cpus_per_gpu(
+            [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        return count, {"num_gpus": 1, "num_cpus": per_gpu}
     count = 1 if count == "auto" else count
     # Torch in an actor uses as many threads as the CPUs the actor asked for.
     per_actor = spec.runtime.cpus_per_actor or max(1, cpus // count)
     return count, {"num_gpus": 0, "num_cpus": per_actor}
+
+
+def cpus_per_gpu(nodes: list[dict]) -> int:
+    """CPUs each GPU actor can reserve on every GPU node: the smallest CPU-per-GPU share,
+    so an actor fits wherever a GPU is (head nodes without GPUs don't count)."""
+    shares = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU")]
+    return max(1, min(shares, default=1))
 
 
 @dataclass(eq=False)
