@@ -10,7 +10,7 @@ CHROMIUM := $(VENV)/.chromium
 TORCH_CPU_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,14 @@ bench: $(STAMP)
 	$(BIN)/synthset bench --family null --prompts 40000 --batch-size 64 --shard-size 1000 \
 	  --image-format jpeg --workdir out/bench/null --repeat 3
 	$(BIN)/synthset bench --plan-rows 1000000 --workdir out/bench/scale
+
+# On a GPU machine: SD-1.5's architecture (859.5 M-parameter UNet) with random weights, 512x512.
+bench-gpu: $(STAMP)
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); \
+	  from tiny_sd import build_sd15_sized_pipeline; build_sd15_sized_pipeline('out/bench/sd15')"
+	$(BIN)/synthset bench --family diffusers --model out/bench/sd15 --size 512 --steps 20 \
+	  --batch-size 8 --prompts 256 --shard-size 64 --image-format png --repeat 2 \
+	  --workdir out/bench/sd15-run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

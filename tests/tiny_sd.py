@@ -108,3 +108,42 @@ def build_tiny_sd_pipeline(path: str) -> str:
         )
     pipe.save_pretrained(path)
     return path
+
+
+def build_sd15_sized_pipeline(path: str) -> str:
+    """A StableDiffusionPipeline with SD-1.5's published architecture and random weights,
+    saved in fp16 at ``path`` (about 2 GB; reused if there): the compute of the real model
+    at 512x512, for ``make bench-gpu``, with no download."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if os.path.exists(os.path.join(path, "model_index.json")):
+        return path
+    torch.manual_seed(0)
+    # UNet2DConditionModel's defaults are SD-1.x's blocks; the text width is CLIP ViT-L's
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=512)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = build_byte_clip_tokenizer(scratch)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=768, intermediate_size=3072,
+            num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
+            vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH))
+        pipe = StableDiffusionPipeline(
+            unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
+            tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+            feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(path)
+    return path
