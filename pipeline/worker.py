@@ -137,6 +137,13 @@ class ShardWorker:
         table = self._read(shard, timings)
         samples = build_samples(table, shard, self.spec, self.keys)
         writer = self._writer(folder, shard, samples)
+        if writer.committed is not None:
+            # An earlier attempt committed it and its result was lost (say, the actor died
+            # while the commit call waited behind the next shard): nothing to draw again.
+            log.warning("shard %s is already committed; keeping it", writer.shard_name)
+            done: Future = Future()
+            done.set_result(writer.committed)
+            return done
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
             carried = sum(s.status == "success" for s in samples)
@@ -223,6 +230,10 @@ class ShardWorker:
         # Batch invariance is the model's job (on CPU each family draws image by image);
         # the worker's part is encoding every prompt alone (EmbeddingCache).
         images = self.model.generate(embeds, [s.seed for s in batch], self.params)
+        if not isinstance(images, np.ndarray):
+            images = list(images)
+        if len(images) != len(batch):
+            raise ValueError(f"the model returned {len(images)} images for {len(batch)} seeds")
         timings["generate"] += time.perf_counter() - t
         out: list[np.ndarray | None] = []
         for s, pixels, blank in zip(batch, images, blank_mask(images)):

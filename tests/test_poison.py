@@ -141,3 +141,20 @@ def test_a_slow_commit_overlaps_the_next_shards_generation(tmp_path, tiny_gan, s
         marker = folder.read_json(f"{name}_stats.json")
         rows = pq.read_table(folder.open(f"{name}.parquet"), columns=["sha256"]).to_pylist()
         assert marker["successes"] == 4 and all(r["sha256"] for r in rows)
+
+
+def test_a_committed_shard_sent_again_is_not_drawn_again(tmp_path, tiny_gan):
+    """A retried shard whose commit landed (its result lost with its actor) costs no GPU."""
+    from tests.conftest import write_prompts
+
+    src = write_prompts(tmp_path / "p.parquet", ["a red circle", "a blue square"])
+    spec = build_spec({"input": {"path": src}, "model": {"path": tiny_gan},
+                       "output": {"path": str(tmp_path / "out")}})
+    plan = make_plan(spec)
+    shard = next(iter(plan_shards(plan.inputs, spec.runtime.shard_size)))
+    model = PoisonedModel(load_model("gan", tiny_gan))
+    model.poison_seed = model.blank_seed = None
+    worker = ShardWorker(spec, model, plan.keys, OutputFolder(str(tmp_path / "out")), True)
+    first = worker.run(shard)
+    drawn = len(model.generate_calls)
+    assert worker.run(shard) == first and len(model.generate_calls) == drawn > 0

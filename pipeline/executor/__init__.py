@@ -121,9 +121,13 @@ class GenerationActor:
     def generate(self, shard: Shard) -> None:
         """Generate a shard; its commit goes on in the background until ``commit``."""
         try:
-            self.commits[shard.id] = self.worker.start(shard, self.report)
+            committing = self.worker.start(shard, self.report)
         finally:
-            self.report.flush()
+            try:
+                self.report.flush()
+            except Exception as e:  # progress is advisory; the shard's outcome is not
+                log.warning("progress report lost: %s", e)
+        self.commits[shard.id] = committing
 
     def commit(self, shard_id: int) -> dict:
         """Wait for a generated shard's commit; returns its marker (or raises its error)."""
@@ -276,7 +280,10 @@ class RayExecutor:
         else:
             slot.last_seen = time.time()
             if stage == "generate":
-                # queued behind the actor's next shard, so that shard generates meanwhile
+                # Queued behind the actor's next shard, so that shard generates meanwhile
+                # (with shards_in_flight=1 nothing is queued yet: feed this actor first).
+                if not self._load(slot, "generate"):
+                    self._feed_slot(slot)
                 self.inflight[slot.handle.commit.remote(shard.id)] = (slot, shard, "commit")
                 return
             self.outcome.committed.append(stats)
@@ -285,10 +292,13 @@ class RayExecutor:
     def _feed(self) -> None:
         """Keep ``shards_in_flight`` shards queued for generation on every ready actor."""
         for slot in self.slots:
-            while (slot.ready and self.queue
-                   and self._load(slot, "generate") < self.rt.shards_in_flight):
-                shard = self.queue.popleft()
-                self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
+            self._feed_slot(slot)
+
+    def _feed_slot(self, slot: _Slot) -> None:
+        while (slot.ready and self.queue
+               and self._load(slot, "generate") < self.rt.shards_in_flight):
+            shard = self.queue.popleft()
+            self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
 
     def _load(self, slot: _Slot, stage: str | None = None) -> int:
         return sum(s is slot and stage in (None, st) for s, _, st in self.inflight.values())
