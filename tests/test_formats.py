@@ -153,3 +153,23 @@ def test_verify_passes_then_names_the_damage(outputs, capsys, fmt, damage, messa
     finally:
         fs.pipe(path, saved) if saved is not None else fs.rm(path)
     assert _verify(capsys, url, options)[0] == 0
+
+
+def test_parquet_shard_compresses_every_column_but_the_image_bytes(tmp_path):
+    """Nested pass-through columns have leaf paths of their own (tags.list.element):
+    each must get the codec, not fall back to none."""
+    import pyarrow as pa
+
+    from pipeline.formats import ParquetShardWriter
+    from pipeline.storage import OutputFolder
+
+    writer = ParquetShardWriter(OutputFolder(str(tmp_path)), "00000", "png")
+    writer.put_image("000000000", b"\x89PNG fake image bytes")
+    writer.write_objects(pa.table({"key": ["000000000"], "status": ["success"],
+                                   "tags": [["a", "b"]], "meta": [{"a": 1}]}))
+    group = pq.ParquetFile(tmp_path / "00000.parquet").metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema: group.column(i).compression
+              for i in range(group.num_columns)}
+    assert codecs.pop("image.bytes") == "UNCOMPRESSED"
+    assert set(codecs) == {"key", "status", "tags.list.element", "meta.a", "image.path"}
+    assert set(codecs.values()) == {"ZSTD"}
