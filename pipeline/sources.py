@@ -158,9 +158,9 @@ def read_rows(path: str, start: int, stop: int, storage_options: dict[str, Any],
               row_groups: tuple[int, ...] | None = None, size: int | None = None):
     """Yield Arrow tables for rows [start, stop) of one file, one row group at a time.
 
-    A row group only partly asked for stays cached (the last such one in this process):
-    pandas and pyarrow write up to a million rows per group, and without the cache every
-    1000-row shard of such a file would download and decode the whole group again.
+    A row group with rows left after this span stays cached (one per process) until they
+    are read: pandas and pyarrow write up to a million rows per group, and without the
+    cache every 1000-row shard of such a file would download and decode the group again.
     """
     fs, _ = open_input_fs(path, storage_options)
     f = pf = None
@@ -181,8 +181,11 @@ def read_rows(path: str, start: int, stop: int, storage_options: dict[str, Any],
                         f = fs.open(path, "rb")
                         pf = pq.ParquetFile(f)
                     table = pf.read_row_group(i)
-                    if hi - lo < n:
-                        _remember_group(key, table)
+                    if table.num_rows != n:
+                        raise InputError(f"{path}: row group {i} holds {table.num_rows} rows, "
+                                         f"not the {n} planned; the file changed during the job")
+                # kept while later rows of the group remain to be read, dropped after
+                _remember_group(key, table if hi < offset + n else None)
                 yield table.slice(lo - offset, hi - lo)
             offset += n
             if offset >= stop:
@@ -192,7 +195,7 @@ def read_rows(path: str, start: int, stop: int, storage_options: dict[str, Any],
             f.close()
 
 
-_last_group: list = [None, None]  # [key, table]: the partly read row group kept
+_last_group: list = [None, None]  # [key, table]: a row group with rows still to read
 _last_group_lock = threading.Lock()
 
 
@@ -201,6 +204,6 @@ def _cached_group(key: tuple) -> pa.Table | None:
         return _last_group[1] if _last_group[0] == key else None
 
 
-def _remember_group(key: tuple, table: pa.Table) -> None:
+def _remember_group(key: tuple, table: pa.Table | None) -> None:
     with _last_group_lock:
-        _last_group[:] = [key, table]
+        _last_group[:] = [key, table] if table is not None else [None, None]
