@@ -100,9 +100,9 @@ DEFAULT_BATCH_SIZE = {"diffusers": 8, "gan": 64, "autoregressive": 16, "null": 6
 
 class RuntimeSpec(_Section):
     actors: int | Literal["auto"] = Field("auto", description="'auto' = one per GPU (CPU: 1)")
-    batch_size: int | Literal["auto"] = Field(
-        "auto", description="prompts per generator batch; 'auto' = per model family "
-        "(diffusers 8, gan 64, autoregressive 16, null 64)")
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="prompts per generator batch; 'auto' or unset = per "
+        "model family (diffusers 8, gan 64, autoregressive 16, null 64)")
     shard_size: int = Field(1000, ge=1, le=1_000_000)
     shards_in_flight: int = Field(2, ge=1, le=16, description="queued shards per actor")
     max_shard_attempts: int = Field(3, ge=1, le=100)
@@ -129,12 +129,6 @@ class RuntimeSpec(_Section):
             raise ValueError("must be 'auto' or a positive number")
         return v
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_range(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= 4096:
-            raise ValueError("must be 'auto' or a number from 1 to 4096")
-        return v
 
 
 class JobSpec(_Section):
@@ -148,11 +142,19 @@ class JobSpec(_Section):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
-    @model_validator(mode="after")
-    def _resolve_batch_size(self) -> JobSpec:
-        if self.runtime.batch_size == "auto":
-            self.runtime.batch_size = DEFAULT_BATCH_SIZE[self.model.family]
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_size_for_family(cls, data: Any) -> Any:
+        """``runtime.batch_size`` unset or 'auto': the model family's default, resolved here
+        so the spec only ever holds a number."""
+        if not isinstance(data, dict) or not isinstance(data.get("runtime", {}), dict):
+            return data
+        runtime = data.get("runtime", {})
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        family = model.get("family", ModelSpec.model_fields["family"].default)
+        if runtime.get("batch_size", "auto") == "auto" and family in DEFAULT_BATCH_SIZE:
+            data = {**data, "runtime": {**runtime, "batch_size": DEFAULT_BATCH_SIZE[family]}}
+        return data
 
     def fingerprint(self, input_signature: str = "") -> str:
         """Identifies what the output will contain; runtime knobs that don't change it are out."""
