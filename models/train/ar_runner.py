@@ -18,13 +18,13 @@ from models.autoregressive import ARConfig, load_config, save_model_folder
 from models.gan import load_weights, resolve_encoder
 from models.train.ar_loop import ARSettings, ARTrainer
 from models.train.checkpoint import CHECKPOINT_DIR, STATE_NAME, find_checkpoint, save_grid
-from models.train.runner import (
-    _device,
-    _log_row,
-    _mean,
-    _StopFlag,
+from models.train.common import (
+    StopFlag,
     load_training_data,
+    log_losses,
+    mean_losses,
     prepare_run,
+    train_device,
 )
 
 log = logging.getLogger("synthset.train")
@@ -55,7 +55,7 @@ def _model_config(cfg: dict) -> tuple[ARConfig, dict | None]:
 def build_trainer(cfg: dict) -> ARTrainer:
     """Load data and encoder, precompute the caption bank, and build (or resume) a trainer."""
     config, weights = _model_config(cfg)
-    device = _device(cfg["device"])
+    device = train_device(cfg["device"])
     data, bank = load_training_data(cfg, config, config.encoder, device)
     trainer = ARTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]))
     if weights:
@@ -102,7 +102,7 @@ def train_autoregressive(cfg: dict) -> str:
 
     deadline = prepare_run(cfg)
     trainer = build_trainer(cfg)
-    flag, start, window, ar_start = _StopFlag(), time.time(), [], None
+    flag, start, window, ar_start = StopFlag(), time.time(), [], None
     bar = tqdm(total=trainer.total_steps, initial=trainer.step_count, mininterval=5,
                desc="train autoregressive")
     try:
@@ -132,7 +132,7 @@ def _after_step(trainer: ARTrainer, cfg: dict, window: list[dict], start: float,
     step = trainer.step_count
     # step 1 is logged alone: the untrained baseline that later windows are compared to
     if window and (step % int(cfg["log_every"]) == 0 or step == 1 or stage_ended):
-        _log_row(os.path.join(cfg["out_dir"], "losses.jsonl"), step, _mean(window),
+        log_losses(os.path.join(cfg["out_dir"], "losses.jsonl"), step, mean_losses(window),
                  time.time() - start)
         window.clear()
     if stage_ended or (cfg.get("sample_every") and step % int(cfg["sample_every"]) == 0):

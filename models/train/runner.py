@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import time
 
 import torch
 
-from models.encoders import TextEncoder
 from models.gan import GanConfig, load_config, load_weights, resolve_encoder
 from models.train import checkpoint as ckpt
-from models.train.data import load_captioned_images
-from models.train.gan_loop import GanTrainer, TrainSettings, encode_captions
+from models.train.common import (
+    StopFlag,
+    load_training_data,
+    log_losses,
+    mean_losses,
+    prepare_run,
+    train_device,
+)
+from models.train.gan_loop import GanTrainer, TrainSettings
 
 log = logging.getLogger("synthset.train")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _settings(cfg: dict) -> TrainSettings:
@@ -50,35 +48,10 @@ def _model_config(cfg: dict) -> tuple[GanConfig, str | None, dict | None]:
     return config, config.encoder, None
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and export, instead of dying mid-step."""
-
-    def __init__(self):
-        self.stop = False
-        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _set(self, *_):
-        self.stop = True
-
-    def restore(self):
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
-def load_training_data(cfg: dict, config, encoder_path: str | None, device):
-    """The captioned images and their caption bank, encoded once; sets ``config.text_dim``."""
-    data_cfg = cfg["data"]
-    data = load_captioned_images(data_cfg["path"], config.image_size, data_cfg["image_column"],
-                                 data_cfg["caption_column"], data_cfg.get("storage_options"))
-    encoder = TextEncoder(encoder_path, device=str(device))
-    config.text_dim = encoder.dim
-    return data, encode_captions(encoder, data.captions)  # the bank is all training needs
-
-
 def build_trainer(cfg: dict) -> GanTrainer:
     """Load data and encoder, precompute the caption bank, and build (or resume) a trainer."""
     config, encoder_path, weights = _model_config(cfg)
-    device = _device(cfg["device"])
+    device = train_device(cfg["device"])
     data, bank = load_training_data(cfg, config, encoder_path, device)
     trainer = GanTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]))
     if weights:
@@ -90,26 +63,6 @@ def build_trainer(cfg: dict) -> GanTrainer:
     return trainer
 
 
-def _log_row(path: str, step: int, losses: dict[str, float], seconds: float) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": step, "time_s": round(seconds, 1),
-                            **{k: round(v, 5) for k, v in losses.items()}}) + "\n")
-
-
-def _mean(rows: list[dict]) -> dict[str, float]:
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
-def prepare_run(cfg: dict) -> float | None:
-    """Torch threads, the run folder with its config, and the wall-clock deadline (or None)."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    os.makedirs(cfg["out_dir"], exist_ok=True)
-    with open(os.path.join(cfg["out_dir"], "train_config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    return time.time() + 60 * float(cfg["max_minutes"]) if cfg.get("max_minutes") else None
-
-
 def train_gan(cfg: dict) -> str:
     """Run (or resume) one GAN training run; returns the export folder."""
     from tqdm import tqdm
@@ -117,7 +70,7 @@ def train_gan(cfg: dict) -> str:
     deadline = prepare_run(cfg)
     trainer = build_trainer(cfg)
     export_dir = cfg.get("export_dir") or os.path.join(cfg["out_dir"], "export")
-    flag, start, window = _StopFlag(), time.time(), []
+    flag, start, window = StopFlag(), time.time(), []
     bar = tqdm(total=int(cfg["steps"]), initial=trainer.step_count, mininterval=5,
                desc="train gan")
     try:
@@ -140,7 +93,7 @@ def _after_step(trainer: GanTrainer, cfg: dict, window: list[dict], start: float
     step = trainer.step_count
     # step 1 is logged alone: the untrained baseline that later windows are compared to
     if step % int(cfg["log_every"]) == 0 or step == 1:
-        _log_row(os.path.join(cfg["out_dir"], "losses.jsonl"), step, _mean(window),
+        log_losses(os.path.join(cfg["out_dir"], "losses.jsonl"), step, mean_losses(window),
                  time.time() - start)
         window.clear()
     if cfg.get("sample_every") and step % int(cfg["sample_every"]) == 0:
