@@ -140,9 +140,8 @@ class ShardWorker:
         if writer.committed is not None:
             # An earlier attempt committed it and its result was lost (say, the actor died
             # while the commit call waited behind the next shard): nothing to draw again.
-            log.warning("shard %s is already committed; keeping it", writer.shard_name)
             done: Future = Future()
-            done.set_result(writer.committed)
+            done.set_result(writer.commit(table, {}))  # writes nothing, returns that marker
             return done
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
