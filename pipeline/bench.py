@@ -11,6 +11,7 @@ wall-clock including start-up beside them.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import tempfile
@@ -76,7 +77,7 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
     prompts, ids = table.column("prompt").to_pylist(), table.column("id").to_pylist()
     b = spec.runtime.batch_size
     model.generate(model.encode_prompt(prompts[:1]), [0], params)  # warm-up, not timed
-    start, gen = time.perf_counter(), 0.0
+    start, gen, embeds = time.perf_counter(), 0.0, None
     for i in range(0, n, b):
         embeds = model.encode_prompt(prompts[i:i + b])
         t = time.perf_counter()
@@ -84,7 +85,8 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
                        params)
         gen += time.perf_counter() - t
     seconds = time.perf_counter() - start
-    del model  # the actors that run next share this device
+    del model, embeds  # the actors that run next share this device
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"images": n, "steady_s": seconds, "wall_s": seconds,
@@ -109,8 +111,8 @@ def run_pipeline(spec: JobSpec) -> dict[str, Any]:
         uploads.update(m["uploads"])
     if not markers:
         raise RuntimeError(f"the pipeline committed no shard under {spec.output.path}")
-    last = folder.read_json(PROGRESS).get("last_commit_at") or max(m["end_time"]
-                                                                   for m in markers)
+    last = (folder.read_json(PROGRESS) or {}).get("last_commit_at") or max(
+        m["end_time"] for m in markers)
     steady = last - min(m["start_time"] for m in markers)
     return {"images": manifest["successes"], "steady_s": steady, "wall_s": wall,
             "stages": dict(stages), "objects": uploads["objects"], "bytes": uploads["bytes"],

@@ -149,10 +149,12 @@ class JobSpec(_Section):
         so the spec only ever holds a number."""
         if not isinstance(data, dict) or not isinstance(data.get("runtime", {}), dict):
             return data
-        runtime = data.get("runtime", {})
-        model = data.get("model") if isinstance(data.get("model"), dict) else {}
-        family = model.get("family", ModelSpec.model_fields["family"].default)
-        if runtime.get("batch_size", "auto") == "auto" and family in DEFAULT_BATCH_SIZE:
+        runtime, model = data.get("runtime", {}), data.get("model")
+        family = (model.family if isinstance(model, ModelSpec) else
+                  model.get("family") if isinstance(model, dict) else None)
+        family = family or ModelSpec.model_fields["family"].default
+        if (runtime.get("batch_size", "auto") == "auto" and isinstance(family, str)
+                and family in DEFAULT_BATCH_SIZE):
             data = {**data, "runtime": {**runtime, "batch_size": DEFAULT_BATCH_SIZE[family]}}
         return data
 

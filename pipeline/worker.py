@@ -134,15 +134,20 @@ class ShardWorker:
         timings: Counter[str] = Counter()
         started = time.time()
         folder = self.folder.scoped()  # this shard's own retry count
-        table = self._read(shard, timings)
-        samples = build_samples(table, shard, self.spec, self.keys)
-        writer = self._writer(folder, shard, samples)
+        writer = make_writer(self.spec.output.format, folder, self.keys.shard_name(shard.id),
+                             self.extension, replace=shard.retry_keys is not None)
         if writer.committed is not None:
             # An earlier attempt committed it and its result was lost (say, the actor died
-            # while the commit call waited behind the next shard): nothing to draw again.
+            # while the commit call waited behind the next shard): nothing to read or draw.
             done: Future = Future()
-            done.set_result(writer.commit(table, {}))  # writes nothing, returns that marker
+            done.set_result(writer.commit(pa.table({}), {}))  # writes nothing; that marker
             return done
+        table = self._read(shard, timings)
+        samples = build_samples(table, shard, self.spec, self.keys)
+        if shard.retry_keys is not None:
+            # --retry-failed reopened the commit: every sample not retried takes its
+            # committed outcome (and image) over
+            carry_over(folder, writer, samples, shard.retry_keys)
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
             carried = sum(s.status == "success" for s in samples)
@@ -185,16 +190,6 @@ class ShardWorker:
             if on_progress:
                 on_progress(len(drawn), len(batch) - len(drawn))
         return pending
-
-    def _writer(self, folder: OutputFolder, shard: Shard, samples: list[Sample]):
-        """The shard's writer; a shard sent by --retry-failed reopens its commit, and every
-        sample not being retried takes its committed outcome (and image) over."""
-        retrying = shard.retry_keys is not None
-        writer = make_writer(self.spec.output.format, folder, self.keys.shard_name(shard.id),
-                             self.extension, replace=retrying)
-        if retrying:
-            carry_over(folder, writer, samples, shard.retry_keys)
-        return writer
 
     def _read(self, shard: Shard, timings: Counter) -> pa.Table:
         t = time.perf_counter()

@@ -89,3 +89,12 @@ def test_batch_size_defaults_per_family_and_an_explicit_one_wins():
     assert spec.runtime.batch_size == 2
     with pytest.raises(SpecError, match="runtime.batch_size: Input should be less than"):
         build_spec({"input": {"path": "p.parquet"}, "runtime": {"batch_size": 5000}})
+
+
+def test_batch_size_family_comes_from_a_model_object_and_a_bad_family_is_a_spec_error():
+    from pipeline.spec import JobSpec, ModelSpec
+
+    spec = JobSpec(input={"path": "p.parquet"}, model=ModelSpec(family="diffusers", path="m"))
+    assert spec.runtime.batch_size == 8
+    with pytest.raises(SpecError, match="model.family"):
+        build_spec({"input": {"path": "p.parquet"}, "model": {"family": ["gan"]}})

@@ -281,9 +281,9 @@ class RayExecutor:
             slot.last_seen = time.time()
             if stage == "generate":
                 # Queued behind the actor's next shard, so that shard generates meanwhile
-                # (with shards_in_flight=1 nothing is queued yet: feed this actor first).
+                # (with shards_in_flight=1 none is queued yet: give it one first).
                 if not self._load(slot, "generate"):
-                    self._feed_slot(slot)
+                    self._feed_slot(slot, most=1)
                 self.inflight[slot.handle.commit.remote(shard.id)] = (slot, shard, "commit")
                 return
             self.outcome.committed.append(stats)
@@ -294,9 +294,10 @@ class RayExecutor:
         for slot in self.slots:
             self._feed_slot(slot)
 
-    def _feed_slot(self, slot: _Slot) -> None:
-        while (slot.ready and self.queue
-               and self._load(slot, "generate") < self.rt.shards_in_flight):
+    def _feed_slot(self, slot: _Slot, most: int | None = None) -> None:
+        limit = self.rt.shards_in_flight if most is None else most
+        while (slot.ready and self.queue and slot in self.slots
+               and self._load(slot, "generate") < limit):
             shard = self.queue.popleft()
             self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
 
@@ -307,6 +308,7 @@ class RayExecutor:
         if slot not in self.slots:
             return  # already replaced for an earlier in-flight shard
         self.slots.remove(slot)
+        slot.ready = False  # nothing more goes to it
         self.actor_failures += 1
         if self.actor_failures > self.rt.max_actor_failures:
             raise ExecutorError(f"{self.actor_failures} actors lost; last: {reason}")
