@@ -1,8 +1,9 @@
 """The per-shard loop: read → encode text → generate → encode images → write → marker.
 
 A ShardWorker is a plain object: the Ray executor holds one per actor, and tests
-can run it in-process. Image encoding and uploads run on a thread pool so the
-generator is not kept waiting on them.
+can run it in-process. Image encoding and uploads run on a thread pool, and each
+shard's commit on a commit thread while the next shard generates, so the generator
+is not kept waiting on them.
 """
 
 from __future__ import annotations
