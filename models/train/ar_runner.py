@@ -6,10 +6,8 @@ sampler state, so a run resumes mid-stage.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 
 import torch
@@ -17,7 +15,13 @@ import torch
 from models.autoregressive import ARConfig, load_config, save_model_folder
 from models.gan import load_weights, resolve_encoder
 from models.train.ar_loop import ARSettings, ARTrainer
-from models.train.checkpoint import CHECKPOINT_DIR, STATE_NAME, find_checkpoint, save_grid
+from models.train.checkpoint import (
+    begin_checkpoint,
+    find_checkpoint,
+    finish_checkpoint,
+    load_run_state,
+    save_grid,
+)
 from models.train.common import (
     StopFlag,
     load_training_data,
@@ -69,31 +73,15 @@ def build_trainer(cfg: dict) -> ARTrainer:
 
 def save_checkpoint(trainer: ARTrainer, run_dir: str) -> str:
     """Write ``run_dir/checkpoint`` atomically: weights, optimizer and RNG state, step."""
-    final = os.path.join(run_dir, CHECKPOINT_DIR)
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = begin_checkpoint(run_dir)
     save_model_folder(tmp, trainer.config, trainer.transformer, trainer.vq)
-    torch.save({"opt_vq": trainer.opt_vq.state_dict(), "opt_ar": trainer.opt_ar.state_dict(),
-                "sampler": trainer.sampler.get_state(), "torch_rng": torch.get_rng_state()},
-               os.path.join(tmp, "optimizer.pt"))
-    with open(os.path.join(tmp, STATE_NAME), "w") as f:
-        json.dump({"step": trainer.step_count}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+    return finish_checkpoint(trainer, tmp, {"opt_vq": trainer.opt_vq, "opt_ar": trainer.opt_ar})
 
 
 def load_checkpoint(trainer: ARTrainer, path: str) -> int:
     """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
     trainer.load_weights(load_weights(path, "transformer."), load_weights(path, "vq."))
-    state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
-    trainer.opt_vq.load_state_dict(state["opt_vq"])
-    trainer.opt_ar.load_state_dict(state["opt_ar"])
-    trainer.sampler.set_state(state["sampler"])
-    torch.set_rng_state(state["torch_rng"])
-    with open(os.path.join(path, STATE_NAME)) as f:
-        trainer.step_count = json.load(f)["step"]
-    return trainer.step_count
+    return load_run_state(trainer, path, {"opt_vq": trainer.opt_vq, "opt_ar": trainer.opt_ar})
 
 
 def train_autoregressive(cfg: dict) -> str:

@@ -20,28 +20,52 @@ def _prefixed(prefix: str, state: dict) -> dict:
     return {f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
+def begin_checkpoint(run_dir: str) -> str:
+    """An empty scratch folder for the next checkpoint of ``run_dir`` (not created)."""
+    tmp = os.path.join(run_dir, CHECKPOINT_DIR) + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def finish_checkpoint(trainer, tmp: str, optimizers: dict) -> str:
+    """Write the run state into ``tmp`` (``optimizers``, the sampler, the torch RNG, then
+    ``state.json`` last) and swap it in for ``run_dir/checkpoint``; returns that folder."""
+    torch.save({**{name: opt.state_dict() for name, opt in optimizers.items()},
+                "sampler": trainer.sampler.get_state(), "torch_rng": torch.get_rng_state()},
+               os.path.join(tmp, "optimizer.pt"))
+    with open(os.path.join(tmp, STATE_NAME), "w") as f:
+        json.dump({"step": trainer.step_count}, f)
+    final = tmp.removesuffix(".tmp")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def load_run_state(trainer, path: str, optimizers: dict) -> int:
+    """Restore what ``finish_checkpoint`` wrote; returns the step to continue from."""
+    state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state[name])
+    trainer.sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    with open(os.path.join(path, STATE_NAME)) as f:
+        trainer.step_count = json.load(f)["step"]
+    return trainer.step_count
+
+
 def save_checkpoint(trainer: GanTrainer, run_dir: str) -> str:
     """Write ``run_dir/checkpoint`` atomically: weights, optimizer and RNG state, step."""
     from safetensors.torch import save_file
 
-    final = os.path.join(run_dir, CHECKPOINT_DIR)
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = begin_checkpoint(run_dir)
     os.makedirs(tmp)
     weights = {**_prefixed("generator", trainer.generator.state_dict()),
                **_prefixed("discriminator", trainer.discriminator.state_dict()),
                **_prefixed("ema", trainer.ema.state_dict())}
     save_file(weights, os.path.join(tmp, "model.safetensors"))
-    torch.save({"opt_g": trainer.opt_g.state_dict(), "opt_d": trainer.opt_d.state_dict(),
-                "sampler": trainer.sampler.get_state(), "torch_rng": torch.get_rng_state()},
-               os.path.join(tmp, "optimizer.pt"))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(trainer.config.__dict__, f, indent=2)
-    with open(os.path.join(tmp, STATE_NAME), "w") as f:
-        json.dump({"step": trainer.step_count}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+    return finish_checkpoint(trainer, tmp, {"opt_g": trainer.opt_g, "opt_d": trainer.opt_d})
 
 
 def find_checkpoint(run_dir: str) -> str | None:
@@ -63,14 +87,7 @@ def load_checkpoint(trainer: GanTrainer, path: str) -> int:
     """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
     trainer.load_weights(load_weights(path, "generator."), load_weights(path, "discriminator."),
                          load_weights(path, "ema."))
-    state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
-    trainer.opt_g.load_state_dict(state["opt_g"])
-    trainer.opt_d.load_state_dict(state["opt_d"])
-    trainer.sampler.set_state(state["sampler"])
-    torch.set_rng_state(state["torch_rng"])
-    with open(os.path.join(path, STATE_NAME)) as f:
-        trainer.step_count = json.load(f)["step"]
-    return trainer.step_count
+    return load_run_state(trainer, path, {"opt_g": trainer.opt_g, "opt_d": trainer.opt_d})
 
 
 def export_model(trainer: GanTrainer, export_dir: str) -> str:
