@@ -296,8 +296,7 @@ class RayExecutor:
 
     def _feed_slot(self, slot: _Slot, most: int | None = None) -> None:
         limit = self.rt.shards_in_flight if most is None else most
-        while (slot.ready and self.queue and slot in self.slots
-               and self._load(slot, "generate") < limit):
+        while slot.ready and self.queue and self._load(slot, "generate") < limit:
             shard = self.queue.popleft()
             self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
 
