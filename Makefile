@@ -39,8 +39,8 @@ demo: $(STAMP)
 # Throughput side by side (pipeline vs raw loop vs Ray Data) on a tiny Stable Diffusion
 # built from configs, then the pipeline's own overhead with the null generator.
 bench: $(STAMP)
-	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); \
-	  from tiny_sd import build_tiny_sd_pipeline; build_tiny_sd_pipeline('out/bench/tiny-sd')"
+	$(BIN)/python -c "import sys; \
+	  from models.tiny_sd import build_tiny_sd_pipeline; build_tiny_sd_pipeline('out/bench/tiny-sd')"
 	$(BIN)/synthset bench --family diffusers --model out/bench/tiny-sd --workdir out/bench/sd \
 	  --repeat 3 --encode-size 0
 	$(BIN)/synthset bench --family null --prompts 40000 --batch-size 64 --shard-size 1000 \
@@ -49,8 +49,8 @@ bench: $(STAMP)
 
 # On a GPU machine: SD-1.5's architecture (859.5 M-parameter UNet) with random weights, 512x512.
 bench-gpu: $(STAMP)
-	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); \
-	  from tiny_sd import build_sd15_sized_pipeline; build_sd15_sized_pipeline('out/bench/sd15')"
+	$(BIN)/python -c "import sys; \
+	  from models.tiny_sd import build_sd15_sized_pipeline; build_sd15_sized_pipeline('out/bench/sd15')"
 	$(BIN)/synthset bench --family diffusers --model out/bench/sd15 --size 512 --steps 20 \
 	  --batch-size 8 --prompts 256 --shard-size 64 --image-format png --repeat 2 \
 	  --workdir out/bench/sd15-run

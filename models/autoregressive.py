@@ -25,11 +25,9 @@ from torch import nn
 from models.ar_sampling import sample_tokens
 from models.base import GenerationParams, ImageModel, to_uint8
 from models.encoders import TextEncoder, TextEncoding
-from models.gan import load_weights, resolve_encoder
+from models.folder import CONFIG_NAME, WEIGHTS_NAME, load_weights, resolve_encoder
 from models.vq import VQVAE, VQConfig
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 SAMPLING_OPTIONS = ("temperature", "top_k", "guidance_scale")
 
 

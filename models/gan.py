@@ -29,9 +29,7 @@ from torch.nn.utils import spectral_norm
 
 from models.base import GenerationParams, ImageModel, to_uint8
 from models.encoders import TextEncoder, TextEncoding
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from models.folder import CONFIG_NAME, WEIGHTS_NAME, load_weights, resolve_encoder
 
 
 @dataclass
@@ -296,23 +294,6 @@ def load_config(path: str) -> GanConfig:
     """The :class:`GanConfig` stored in a model folder."""
     with open(os.path.join(path, CONFIG_NAME)) as f:
         return GanConfig.from_dict(json.load(f))
-
-
-def resolve_encoder(model_dir: str, encoder: str | None) -> str | None:
-    """A relative encoder path in a config is relative to the model folder."""
-    if encoder and not os.path.isabs(encoder):
-        candidate = os.path.join(model_dir, encoder)
-        if os.path.isdir(candidate):
-            return candidate
-    return encoder
-
-
-def load_weights(path: str, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under ``prefix`` in ``model.safetensors``, with the prefix stripped."""
-    from safetensors.torch import load_file
-
-    state = load_file(os.path.join(path, WEIGHTS_NAME))
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def save_model_folder(path: str, config: GanConfig, generator: Generator,

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.families import get_family
 from pipeline.spec import JobSpec, build_spec
 
 PARTI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "PartiPrompts.tsv")
@@ -52,9 +53,10 @@ def bench_spec(args, prompts: str, output: str, options: dict | None = None) -> 
            "runtime": {"batch_size": args.batch_size, "shard_size": args.shard_size,
                        "actors": 1, "cpus_per_actor": args.cpus, "progress_interval_s": 1},
            "storage_options": options or {}}
-    if args.family in ("gan", "autoregressive", "null"):
+    family = get_family(args.family)
+    if not family.uses_steps:
         raw["generation"].pop("steps")
-    if args.family in ("gan", "autoregressive"):
+    if family.sizes == "native":
         raw["generation"].pop("width"), raw["generation"].pop("height")
     return build_spec(raw)
 
@@ -65,12 +67,12 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
 
     from models.base import derive_seed
     from models.registry import load_model, resolve_device
-    from pipeline.worker import generation_params
+    from pipeline.stages.generate import generation_params
 
     torch.set_num_threads(cpus)
     m = spec.model
     model = load_model(m.family, m.path, m.encoder, resolve_device(), m.dtype, m.scheduler,
-                       m.trust_remote_code, m.options)
+                       m.trust_remote_code, m.options, m.factory)
     params = generation_params(spec, model)
     model.warmup(params)  # as the pipeline's actor does (torch.compile, cuDNN autotuning)
     table = pq.read_table(spec.input.path)
@@ -96,7 +98,7 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
 def run_pipeline(spec: JobSpec) -> dict[str, Any]:
     """The full pipeline; steady time spans the first shard's start to the driver learning
     of the last commit (Ray Data's span ends when ``write_parquet`` returns)."""
-    from pipeline.progress import PROGRESS, committed_shards
+    from pipeline.output.progress import PROGRESS, committed_shards
     from pipeline.runner import open_output, read_markers, run_job
 
     start = time.perf_counter()
@@ -203,7 +205,7 @@ def encode_pool(size: int, cpus: int, n: int = 32) -> str:
 
     import numpy as np
 
-    from pipeline.imaging import encode_image
+    from pipeline.stages.image import encode_image
 
     rng = np.random.default_rng(0)
     # blocks plus mild noise: compresses about like a generated picture, not like flat noise

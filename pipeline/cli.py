@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from models.families import family_names
 from pipeline.spec import SpecError, load_spec, parse_date, today_utc
 
 log = logging.getLogger("synthset")
@@ -53,22 +54,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         manifest = run_job(spec, overwrite=args.overwrite, address=args.address,
-                           show_progress=not args.quiet, retry_failed=args.retry_failed)
+                           show_progress=not args.quiet, retry_failed=args.retry_failed,
+                           repair=args.repair)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    from pipeline.output.formats import get_format
+
+    out = spec.output.path.rstrip("/")
     print(f"done: {manifest['successes']} images, {manifest['failed']} failed, "
-          f"{len(manifest['shards'])} shards in {spec.output.path}")
-    out = spec.output.path
-    images = {"files": f"{out}/00000/ (images)", "webdataset": f"{out}/00000.tar (images)",
-              "parquet": f"{out}/00000.parquet (images and metadata)"}[spec.output.format]
-    print(f"  look at: {images}, {out}/00000.parquet (metadata);\n"
+          f"{len(manifest['shards'])} shards in {out}")
+    if manifest.get("repaired"):
+        print(f"  repaired: {len(manifest['repaired'])} shard(s) regenerated "
+              f"({', '.join(manifest['repaired'][:10])})")
+    if not manifest["shards"]:
+        print(f"  the input had no rows (input.allow_empty): {out}/_SUCCESS lists no shards")
+        return 0
+    first = manifest["shards"][0]["shard_name"]
+    print(f"  look at: {get_format(spec.output.format).look_at(out, first)};\n"
           f"  synthset status {out}; synthset report {out} (writes {out}/report.html)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.progress import format_status, read_status
-    from pipeline.storage import OutputFolder
+    from pipeline.output.progress import format_status, read_status
+    from pipeline.output.storage import OutputFolder
 
     options = json.loads(args.storage_options) if args.storage_options else {}
     status = read_status(OutputFolder(args.output, options))
@@ -77,8 +86,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.storage import OutputFolder
-    from pipeline.verify import verify_output
+    from pipeline.output.storage import OutputFolder
+    from pipeline.output.verify import verify_output
 
     options = json.loads(args.storage_options) if args.storage_options else {}
     report = verify_output(OutputFolder(args.output, options))
@@ -87,8 +96,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
-    from pipeline.storage import OutputFolder
+    from pipeline.output.storage import OutputFolder
+    from pipeline.report.write import write_report
 
     options = json.loads(args.storage_options) if args.storage_options else {}
     page, sheet = write_report(OutputFolder(args.output, options), args.out, options)
@@ -180,6 +189,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_formats(args: argparse.Namespace) -> int:
+    print(formats_table())
+    return 0
+
+
+def formats_table() -> str:
+    """The output formats and model families there are, as the docs' Markdown tables."""
+    from models.families import FAMILIES
+    from pipeline.output.formats import BUILT_IN
+
+    lines = ["| `output.format` | what it writes |", "|---|---|"]
+    lines += [f"| `{w.format}` | {w.description} |" for w in BUILT_IN]
+    lines += ["", "| `model.family` | what it is | batch size (auto) | shipped weights |",
+              "|---|---|---|---|"]
+    lines += [f"| `{f.name}` | {f.description} | {f.batch_size} | {f.weights or '-'} |"
+              for f in FAMILIES.values()]
+    return "\n".join(lines)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
@@ -189,8 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_command(sub) -> None:
     p = sub.add_parser("bench", help="pipeline vs raw model loop vs Ray Data, side by side")
-    p.add_argument("--family", default="diffusers", choices=["gan", "autoregressive",
-                                                             "diffusers", "null"])
+    p.add_argument("--family", default="diffusers", choices=family_names())
     p.add_argument("--model", help="model folder (diffusers: required; make bench builds a "
                    "tiny Stable Diffusion)")
     p.add_argument("--prompts", type=int, default=256)
@@ -229,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--retry-failed", action="store_true",
                    help="also regenerate the failed samples (status=error) of committed shards")
+    p.add_argument("--repair", action="store_true",
+                   help="verify every committed shard and regenerate those whose data is "
+                   "missing or fails its checksums")
     p.set_defaults(fn=cmd_run)
     _cluster_commands(sub)
     p = sub.add_parser("status", help="progress of a job, read from its output")
@@ -254,30 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="MODEL [--per-combo N] [--split heldout|train] [--renders] ...")
-    p.set_defaults(fn=cmd_eval)
+    p.set_defaults(fn=cmd_eval)  # add_help=False: `synthset eval --help` is eval's own help
+    p = sub.add_parser("formats", help="the output formats and model families, as tables")
+    p.set_defaults(fn=cmd_formats)
     _bench_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["eval"]:  # its own parser, so that `synthset eval --help` is the real one
-        from models.evaluate import main as evaluate_main
-
-        evaluate_main(argv[1:])
-        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from pipeline.lock import LockHeld, LockLost
+    from models.train.config import TrainConfigError
+    from pipeline.input.sources import InputError
+    from pipeline.output.lock import LockHeld, LockLost
+    from pipeline.output.storage import StorageError
     from pipeline.runner import JobFailed
-    from pipeline.sources import InputError
-    from pipeline.storage import StorageError
 
     try:
         return args.fn(args)
-    except (SpecError, InputError, StorageError, FileNotFoundError) as e:
+    except (SpecError, TrainConfigError, InputError, StorageError, FileNotFoundError) as e:
         print(f"synthset {args.command}: {e}", file=sys.stderr)
         return 2
     except LockHeld as e:

@@ -11,17 +11,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.lock import RunLock
-from pipeline.progress import JOB, SUCCESS, Progress, committed_shards
-from pipeline.retry import check_retry, drop_success, retry_shards
-from pipeline.shards import KeyFormat, key_format, num_shards, plan_shards
-from pipeline.sources import InputSet, resolve_input
+from pipeline.input.duplicates import find_duplicate_ids
+from pipeline.input.resolve import resolve_input
+from pipeline.input.shards import KeyFormat, key_format, num_shards, plan_shards
+from pipeline.input.sources import InputError, InputSet
+from pipeline.output.layout import JOB, SUCCESS, marker_name
+from pipeline.output.lock import RunLock
+from pipeline.output.progress import Progress, committed_shards
+from pipeline.output.retry import check_retry, drop_success, retry_shards
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
 from pipeline.spec import JobSpec, SpecError
-from pipeline.storage import OutputFolder
-from pipeline.writers import marker_name
 
 log = logging.getLogger("synthset")
-IMPLEMENTED_FORMATS = ("files", "webdataset", "parquet")
 
 
 @dataclass
@@ -54,14 +56,30 @@ class JobFailed(RuntimeError):
 
 def make_plan(spec: JobSpec) -> Plan:
     """Validate the spec against its input and model, reading metadata only."""
-    if spec.output.format not in IMPLEMENTED_FORMATS:
-        raise SpecError(f"output.format: {spec.output.format!r} is not available yet; "
-                        f"use one of {', '.join(IMPLEMENTED_FORMATS)}")
     check_model(spec)
     inputs = resolve_input(spec.input, spec.storage_options)
+    if inputs.num_rows == 0 and not spec.input.allow_empty:
+        names = ", ".join(f.name for f in inputs.files[:5]) + (
+            f" (+{len(inputs.files) - 5} more)" if len(inputs.files) > 5 else "")
+        raise InputError(f"{spec.input.path}: the input has no rows ({names}); an empty feed "
+                         "is usually an upstream failure. Set input.allow_empty: true to "
+                         "complete with an empty _SUCCESS instead")
+    check_ids(spec, inputs)
     shards = num_shards(inputs, spec.runtime.shard_size)
     keys = key_format(shards, spec.runtime.shard_size, spec.generation.images_per_prompt)
     return Plan(spec, inputs, shards, keys, spec.fingerprint(inputs.signature()))
+
+
+def check_ids(spec: JobSpec, inputs: InputSet) -> None:
+    """``duplicate_ids: error``: refuse an input whose ids repeat anywhere, naming a few."""
+    if not spec.input.id_column or spec.input.duplicate_ids != "error":
+        return
+    repeated = find_duplicate_ids(inputs, spec.input.id_column, spec.storage_options)
+    if repeated:
+        named = ", ".join(f"{i!r} ({n} times)" for i, n in repeated)
+        raise InputError(f"input.id_column {spec.input.id_column!r}: ids repeat across the "
+                         f"input: {named}{' ...' if len(repeated) == 5 else ''}. Fix the input, "
+                         "or set input.duplicate_ids: keep (repeats then share their seeds)")
 
 
 def check_model(spec: JobSpec) -> None:
@@ -70,7 +88,7 @@ def check_model(spec: JobSpec) -> None:
 
     try:
         check_model_spec(spec.model.family, spec.model.path, spec.generation.width,
-                         spec.generation.height)
+                         spec.generation.height, spec.model.factory)
     except ValueError as e:
         raise SpecError(f"model: {e}") from None
 
@@ -106,27 +124,53 @@ def read_markers(folder: OutputFolder, names: list[str]) -> list[dict]:
 
 
 def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
-            show_progress: bool = True, retry_failed: bool = False) -> dict[str, Any]:
+            show_progress: bool = True, retry_failed: bool = False,
+            repair: bool = False) -> dict[str, Any]:
     """Run every shard without a marker; write ``_SUCCESS`` when all are committed.
 
     A job already complete with the same fingerprint is left alone (a nightly run started
     twice for one date does nothing the second time); one lock object per output folder
     keeps two runs from working on it at once. ``retry_failed`` also regenerates the
-    failed samples of committed shards (``pipeline/retry.py``).
+    failed samples of committed shards (``output/retry.py``).
+
+    A complete job repairs itself: shards that ``_SUCCESS`` lists but whose marker is gone
+    are regenerated (the same bytes) and ``_SUCCESS`` rewritten. ``repair`` also verifies
+    every committed shard and regenerates those whose data fails its checksums.
     """
     plan = make_plan(spec)
     folder = open_output(spec)
     if retry_failed:
         check_retry(folder, overwrite)
     finished = folder.read_json(SUCCESS)
+    lost: list[str] = []
     if finished and finished.get("fingerprint") == plan.fingerprint and not overwrite \
-            and not retry_failed:
-        log.info("%s is already complete; nothing to do", folder.display())
-        return finished
+            and not retry_failed and not repair:
+        lost = sorted({s["shard_name"] for s in finished["shards"]}
+                      - set(committed_shards(folder)))
+        if not lost:
+            log.info("%s is already complete; nothing to do", folder.display())
+            return finished
+        log.warning("%s: %d shard(s) listed in %s have lost their marker (%s); "
+                    "regenerating them", folder.display(), len(lost), SUCCESS,
+                    ", ".join(lost[:5]))
     with RunLock(folder, spec.runtime.lock_timeout_s, spec.name) as lock:
         claim_output(folder, plan, overwrite)
         lock.refresh()  # --overwrite deleted the folder, lock object included
-        return _run_pending(plan, folder, lock, address, show_progress, retry_failed)
+        repaired = lost + (reopen_damaged(folder) if repair else [])
+        if repaired:
+            drop_success(folder)  # the dataset is not final until the repair commits
+        return _run_pending(plan, folder, lock, address, show_progress, retry_failed,
+                            sorted(set(repaired)))
+
+
+def reopen_damaged(folder: OutputFolder) -> list[str]:
+    """``--repair``: verify every committed shard; delete the marker of each whose data is
+    damaged (missing or changed objects, rows, images), so the run regenerates it."""
+    report = verify_output(folder)
+    for name in sorted(report.damaged):
+        log.warning("repair: %s is damaged; regenerating it", name)
+        folder.delete(marker_name(name))
+    return sorted(report.damaged)
 
 
 def _pending(plan: Plan, folder: OutputFolder, retry_failed: bool) -> tuple[list, list]:
@@ -148,7 +192,8 @@ def _pending(plan: Plan, folder: OutputFolder, retry_failed: bool) -> tuple[list
 
 
 def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str | None,
-                 show_progress: bool, retry_failed: bool = False) -> dict[str, Any]:
+                 show_progress: bool, retry_failed: bool = False,
+                 repaired: list[str] = ()) -> dict[str, Any]:
     spec = plan.spec
     pending, already = _pending(plan, folder, retry_failed)
     progress = Progress(folder, plan.fingerprint, plan.shards, plan.images,
@@ -163,7 +208,11 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
 
             connect(address)
             try:
-                failed = RayExecutor(spec, plan.keys, progress).run(pending).failed
+                def committed(shard_id: int) -> dict | None:
+                    return folder.read_json(marker_name(plan.keys.shard_name(shard_id)))
+
+                executor = RayExecutor(spec, plan.keys, progress, committed)
+                failed = executor.run(pending).failed
             except ExecutorError as e:
                 raise JobFailed(f"{e}; committed shards are kept, a rerun resumes") from None
         if not failed:  # the check guards _SUCCESS; in an outage it would hide JobFailed
@@ -177,12 +226,12 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
                             sorted(failed.items()))
         raise JobFailed(f"{len(failed)} of {plan.shards} shards failed; committed shards are "
                         f"kept and a rerun retries the rest:\n{reasons}")
-    manifest = write_success(folder, plan)
+    manifest = write_success(folder, plan, repaired)
     progress.close("complete")
     return manifest
 
 
-def write_success(folder: OutputFolder, plan: Plan) -> dict[str, Any]:
+def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = ()) -> dict[str, Any]:
     """The job manifest: every shard with its counts and data checksums, written last."""
     markers = read_markers(folder, sorted(committed_shards(folder)))
     manifest = {
@@ -193,5 +242,7 @@ def write_success(folder: OutputFolder, plan: Plan) -> dict[str, Any]:
         "failed": sum(m["failed"] for m in markers),
         "finished_at": time.time(),
     }
+    if repaired:  # shards this run regenerated after they were lost or damaged
+        manifest["repaired"] = list(repaired)
     folder.write_json(SUCCESS, manifest)
     return manifest

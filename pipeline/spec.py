@@ -5,24 +5,34 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.template_spec import TemplateSpec
+from models import config_files
+from models.config_files import one_of
+from models.families import family_names, get_family
+from pipeline.input.template_spec import TemplateSpec
+from pipeline.output.formats import format_names, get_format
+from pipeline.redact import redact
 
 
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the field and how to fix it."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = config_files.Section
 
 
 _NO_SOURCE = "\0 no input source"
+
+
+def _not_blank(path: str | None) -> str | None:
+    """An empty path (an unset shell variable, say) would mean the current directory."""
+    if path is not None and not path.strip():
+        raise ValueError(f"must not be empty (got {path!r}); give a folder, file or URL")
+    return path
 
 
 class InputSpec(_Section):
@@ -33,8 +43,11 @@ class InputSpec(_Section):
     seed_column: str | None = Field(None, description="per-row integer seeds")
     negative_prompt_column: str | None = None
     duplicate_ids: Literal["error", "keep"] = Field(
-        "error", description="what to do when id_column repeats within a shard"
+        "error", description="ids repeated anywhere in the input: error = refuse the job at "
+        "plan time, naming a few; keep = generate every row"
     )
+    allow_empty: bool = Field(False, description="an input of zero rows completes with an "
+                              "empty _SUCCESS instead of failing")
 
     @model_validator(mode="before")
     @classmethod
@@ -49,7 +62,7 @@ class InputSpec(_Section):
     def _path_required(cls, v: str | None) -> str | None:
         if v == _NO_SOURCE:
             raise ValueError("required (or give input.template instead)")
-        return v
+        return _not_blank(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
@@ -66,13 +79,26 @@ class InputSpec(_Section):
 
 
 class ModelSpec(_Section):
-    family: Literal["gan", "autoregressive", "diffusers", "null"] = "gan"
+    family: str = Field("gan", description="a family of models/families.py, or a "
+                        "synthset.models plugin")
     path: str | None = Field(None, description="model folder or hub id; default: shipped model")
+    factory: str | None = Field(None, description="family custom: 'package.module:callable' "
+                                "returning an ImageModel")
     encoder: str | None = Field(None, description="text encoder folder or hub id (gan/AR)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     scheduler: str | None = Field(None, description="diffusers scheduler class name")
     trust_remote_code: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific knobs")
+
+    @field_validator("family", mode="before")
+    @classmethod
+    def _known_family(cls, v: Any) -> Any:
+        names = family_names()
+        if v is None:  # YAML reads `family: null` as no value; the family is meant
+            return "null"
+        if v not in names:
+            raise ValueError(f"Input should be {one_of(names)}; got {v!r}")
+        return v
 
 
 class GenerationSpec(_Section):
@@ -86,16 +112,31 @@ class GenerationSpec(_Section):
 
 class OutputSpec(_Section):
     path: str = Field("./out/job", description="any fsspec URL")
-    format: Literal["files", "webdataset", "parquet"] = "files"
+    format: str = Field("files", description="a format of pipeline/output/formats, or "
+                        "'package.module:WriterClass'")
     image_format: Literal["png", "jpeg", "webp"] = "png"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     retries: int = Field(5, ge=0, le=50, description="attempts per storage call after the first")
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first backoff; doubles, capped")
 
+    @field_validator("path")
+    @classmethod
+    def _path_given(cls, v: str) -> str:
+        return _not_blank(v)
 
-# What one accelerator batch holds comfortably: SD-class pipelines at 512-1024 px, the small
-# GAN and autoregressive models at 64 px; the null generator's batches only amortise overhead.
-DEFAULT_BATCH_SIZE = {"diffusers": 8, "gan": 64, "autoregressive": 16, "null": 64}
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        try:
+            get_format(v)
+        except ValueError as e:
+            if ":" in v:
+                raise
+            raise ValueError(f"Input should be {one_of(format_names())} (or "
+                             f"'package.module:WriterClass'); got {v!r}") from e
+        return v
+
+
 
 
 class RuntimeSpec(_Section):
@@ -115,6 +156,9 @@ class RuntimeSpec(_Section):
         None, ge=1, description="default: a GPU node's CPUs per GPU; with no GPU, all CPUs "
         "/ actors")
     progress_interval_s: float = Field(2.0, gt=0)
+    capacity_timeout_s: float = Field(
+        60, gt=0, description="how long actors may wait for a node that can host them when "
+        "none in the cluster can (raise it where an autoscaler adds nodes)")
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="encode and generate one sample per forward so images are "
         "byte-identical across batch, shard and actor layouts; 'auto' = on CPU only")
@@ -151,16 +195,20 @@ class JobSpec(_Section):
             return data
         runtime, model = data.get("runtime", {}), data.get("model")
         family = (model.family if isinstance(model, ModelSpec) else
-                  model.get("family") if isinstance(model, dict) else None)
-        family = family or ModelSpec.model_fields["family"].default
-        if (runtime.get("batch_size", "auto") == "auto" and isinstance(family, str)
-                and family in DEFAULT_BATCH_SIZE):
-            data = {**data, "runtime": {**runtime, "batch_size": DEFAULT_BATCH_SIZE[family]}}
+                  model.get("family", "gan") if isinstance(model, dict) else "gan")
+        family = "null" if family is None else family  # as ModelSpec reads a YAML null
+        if runtime.get("batch_size", "auto") == "auto" and isinstance(family, str) \
+                and family in family_names():
+            batch = get_family(family).batch_size
+            data = {**data, "runtime": {**runtime, "batch_size": batch}}
         return data
 
     def fingerprint(self, input_signature: str = "") -> str:
         """Identifies what the output will contain; runtime knobs that don't change it are out."""
         content = self.model_dump(exclude={"runtime", "storage_options", "name"})
+        if content["model"]["factory"] is None:
+            del content["model"]["factory"]  # keeps fingerprints of earlier runs valid
+        content["input"].pop("allow_empty")  # what it changes shows in the input signature
         content["output"].pop("retries")
         content["output"].pop("retry_backoff_s")
         content["shard_size"] = self.runtime.shard_size
@@ -173,85 +221,9 @@ class JobSpec(_Section):
         return redact(self.model_dump())
 
 
-_SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|key$|^key|signature", re.I)
-# user:password@ (a password may hold an unescaped "/") or user@
-_URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^/@\s:]+:[^@\s]+|[^/@\s]+)@")
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """Replace credential-looking values (by key name, or user:pass@ in URLs) with '***'."""
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if key and _SECRET_KEY.search(key) and value not in (None, ""):
-        return "***"
-    if isinstance(value, str):
-        return _URL_CREDENTIALS.sub("***@", value)
-    return value
-
-
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` (value parsed as YAML) to a raw spec dict."""
-    if "=" not in assignment:
-        raise SpecError(f"--set {assignment!r}: expected dotted.key=value")
-    dotted, text = assignment.split("=", 1)
-    parts = dotted.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: {part!r} is not a section")
-        node = child
-    # Paths, ids and template text stay strings even when YAML would read them otherwise.
-    if parts[-1] in ("path", "encoder", "name", "text") or parts[-1].endswith("_column"):
-        node[parts[-1]] = text
-        return
-    try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise SpecError(f"--set {dotted}: {text!r} is not a YAML value ({e})") from None
-
-
-def _field_hint(loc: tuple[Any, ...]) -> str:
-    model: Any = JobSpec
-    field = None
-    for part in loc:
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return ""
-        field = fields[part]
-        model = field.annotation
-    return f" ({field.description})" if field is not None and field.description else ""
-
-
-_FIELD_PREFIX = re.compile(r"^Value error, (\w+): (.*)$", re.S)
-
-
-def _value_error(loc: tuple[Any, ...], msg: str) -> tuple[tuple[Any, ...], str]:
-    """A cross-field check says ``field: why``; move ``field`` into the dotted path."""
-    match = _FIELD_PREFIX.match(msg)
-    if not match:
-        return loc, msg.removeprefix("Value error, ")
-    return (*loc, match.group(1)), match.group(2)
-
-
-def _describe(error: ValidationError) -> str:
-    problems: dict[str, list[str]] = {}
-    for e in error.errors():
-        # Union members add their type name to the location; the field path is what matters.
-        loc = tuple(p for p in e["loc"] if not str(p).startswith(("int", "literal")))
-        msg = e["msg"]
-        if e["type"] == "value_error":
-            loc, msg = _value_error(loc, msg)
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; check its spelling against the README's job spec table"
-        elif e["type"] == "missing":
-            msg = "required"
-        key = ".".join(str(p) for p in loc)
-        problems.setdefault(key, [_field_hint(loc)]).append(msg)
-    lines = [f"  {k}: {' or '.join(dict.fromkeys(m[1:]))}{m[0]}" for k, m in problems.items()]
-    return "invalid job spec:\n" + "\n".join(lines)
+    config_files.apply_override(raw, assignment, SpecError)
 
 
 def today_utc() -> str:
@@ -310,7 +282,8 @@ def build_spec(raw: dict[str, Any], overrides: list[str] = (), date: str | None 
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_describe(e)) from None
+        raise SpecError(config_files.describe(e, JobSpec, "job spec", "docs/job-spec.md")) \
+            from None
 
 
 def load_spec(path: str, overrides: list[str] = (), date: str | None = None) -> JobSpec:

@@ -129,7 +129,7 @@ def test_training_lowers_losses_and_exports(run):
 
 
 def test_checkpoint_round_trip_and_resume(run):
-    from models.train.ar_runner import build_trainer, load_checkpoint, save_checkpoint
+    from models.train.ar_run import build_trainer, load_checkpoint, save_checkpoint
 
     with open(os.path.join(run["out"], "checkpoint", "state.json")) as f:
         assert json.load(f)["step"] == 70

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tiny_pipelines
 import torch
-from tiny_sd import build_tiny_sd_pipeline
 
 from models.base import GenerationParams
 from models.diffusion import DiffusersEmbeds, DiffusersImageModel
+from models.tiny_sd import build_tiny_sd_pipeline
 
 PROMPTS = ["a red circle on a blue background", "a green square", "卡通风格的人物"]
 SEEDS = [11, 22, 33]

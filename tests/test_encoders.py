@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from tiny_sd import _byte_symbols, build_byte_clip_tokenizer
 
 from models.encoders import TextEncoder, default_encoder_path
+from models.tiny_sd import _byte_symbols, build_byte_clip_tokenizer
 
 PROMPTS = ["a small red circle on the left", "卡通风格的人物", "مرحبا 🎨", "x " * 600]
 

@@ -160,3 +160,38 @@ def test_driver_sigkill_then_rerun_resumes_to_an_identical_dataset(reference, tm
     for m, text in kept.items():
         assert (out / m).read_text() == text  # committed shards were not regenerated
     _assert_same_dataset(ref_out, out)
+
+
+def test_a_committed_marker_beats_attempt_counts(ray_local, tmp_path):
+    """An actor that keeps dying after its shard's commit landed must not get the shard
+    reported failed: the marker in storage decides."""
+    from pipeline.executor import RayExecutor
+    from pipeline.input.shards import plan_shards
+    from pipeline.output.layout import marker_name
+    from pipeline.output.progress import Progress
+    from pipeline.output.storage import OutputFolder
+    from pipeline.runner import make_plan
+
+    src = write_prompts(tmp_path / "p.parquet", PROMPTS[:12])
+    spec = build_spec({"input": {"path": str(src)}, "model": {"family": "null"},
+                       "output": {"path": str(tmp_path / "out")},
+                       "runtime": {"shard_size": 6, "max_shard_attempts": 2}})
+    plan = make_plan(spec)
+    folder = OutputFolder(spec.output.path)
+    folder.write_json(marker_name("00000"), {"shard": 0, "successes": 6, "failed": 0})
+    progress = Progress(folder, plan.fingerprint, 2, 12, 1, [], show_bar=False)
+
+    def committed(shard_id):
+        return folder.read_json(marker_name(plan.keys.shard_name(shard_id)))
+
+    executor = RayExecutor(spec, plan.keys, progress, committed)
+    try:
+        first, second = plan_shards(plan.inputs, 6)
+        executor.attempts[first.id] = executor.attempts[second.id] = 5  # died every time
+        executor._retry(first, "actor died: SIGKILL")
+        executor._retry(second, "actor died: SIGKILL")
+    finally:
+        ray_local.kill(executor.sink)
+    assert [m["shard"] for m in executor.outcome.committed] == [0] and progress.shards_done == 1
+    assert list(executor.outcome.failed) == [1] and progress.shards_failed == 1
+    assert not executor.queue  # neither is sent again

@@ -160,8 +160,8 @@ def test_parquet_shard_compresses_every_column_but_the_image_bytes(tmp_path):
     each must get the codec, not fall back to none."""
     import pyarrow as pa
 
-    from pipeline.formats import ParquetShardWriter
-    from pipeline.storage import OutputFolder
+    from pipeline.output.formats.parquet import ParquetShardWriter
+    from pipeline.output.storage import OutputFolder
 
     writer = ParquetShardWriter(OutputFolder(str(tmp_path)), "00000", "png")
     writer.put_image("000000000", b"\x89PNG fake image bytes")

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from pipeline.lock import LockHeld, LockLost, RunLock, exclusive_create, lock_name
-from pipeline.storage import OutputFolder
+from pipeline.output.layout import lock_name
+from pipeline.output.lock import LockHeld, LockLost, RunLock
+from pipeline.output.storage import OutputFolder, StorageError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -37,10 +38,12 @@ def test_second_run_is_refused_until_the_first_releases(folder):
 
 
 def test_exclusive_create_refuses_an_existing_object(folder):
-    exclusive_create(folder, "x.json", b"1")
-    with pytest.raises(FileExistsError):
-        exclusive_create(folder, "x.json", b"2")
+    folder.create_or_fail("x.json", b"1")
+    with pytest.raises(StorageError) as refused:
+        folder.create_or_fail("x.json", b"2")
+    assert isinstance(refused.value.__cause__, FileExistsError)
     assert folder.read_bytes("x.json") == b"1"
+    assert folder.list() == ["x.json"]  # no temp file left beside it
 
 
 def test_stale_lock_is_taken_over_and_the_old_holder_learns_it(folder):
@@ -62,7 +65,7 @@ def test_stale_lock_is_taken_over_and_the_old_holder_learns_it(folder):
 
 def test_a_retried_create_recognises_its_own_lock(folder):
     lock = RunLock(folder, timeout_s=60)
-    exclusive_create(folder, lock_name(0), json.dumps({"owner": lock.token}).encode())
+    folder.create_or_fail(lock_name(0), json.dumps({"owner": lock.token}).encode())
     assert lock._create(0)  # FileExistsError, but the object is ours
     assert not RunLock(folder, timeout_s=60)._create(0)
 

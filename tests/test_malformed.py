@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.input.resolve import resolve_input
+from pipeline.input.shards import plan_shards
+from pipeline.input.sources import InputError
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
 from pipeline.runner import make_plan, run_job
-from pipeline.samples import build_samples
-from pipeline.shards import plan_shards
-from pipeline.sources import InputError, resolve_input
 from pipeline.spec import InputSpec, build_spec
-from pipeline.storage import OutputFolder
-from pipeline.verify import verify_output
+from pipeline.stages.samples import build_samples
 from tests.conftest import write_prompts
 
 
@@ -99,27 +100,50 @@ def _samples(tmp_path, ids, policy, shard_size):
 
 
 def test_duplicate_id_policies(tmp_path):
-    ids = ["a", "b", "a", "c", "a"]
-    error = _samples(tmp_path, ids, "error", 10)
-    assert [s.status for s in error] == ["pending", "pending", "error", "pending", "error"]
-    assert error[2].error_message == "duplicate id 'a' in this shard"
+    ids = ["a", "b", "a", "c", "a", "c"]
+    with pytest.raises(InputError, match=r"ids repeat .*'a' \(3 times\), 'c' \(2 times\)"):
+        _samples(tmp_path, ids, "error", 10)
     keep = _samples(tmp_path, ids, "keep", 10)
     assert all(s.status == "pending" for s in keep)
-    assert len({s.key for s in keep}) == 5  # keys are positional: never collide
-    assert keep[0].seed == keep[2].seed  # same id, same seed: documented in the README
+    assert len({s.key for s in keep}) == 6  # keys are positional: never collide
+    assert keep[0].seed == keep[2].seed  # same id, same seed: documented in docs/job-spec.md
 
 
-def test_duplicate_ids_across_shards_are_not_detected(tmp_path):
-    """Checking across shards would need every id on the driver (memory grows with the
-    input), so the `error` policy is per shard; the README says so."""
-    samples = _samples(tmp_path, ["a", "b", "a", "c"], "error", 2)
-    assert [s.status for s in samples] == ["pending"] * 4
+def test_duplicate_ids_are_found_across_shards_and_files(tmp_path):
+    """The plan hashes the id column in buckets: repeats in other shards and other files
+    are found, with bounded memory (here: forced to 3 buckets of a few hashes each)."""
+    from pipeline.input.duplicates import find_duplicate_ids
+
+    (tmp_path / "in").mkdir()
+    write_prompts(tmp_path / "in" / "1.parquet", ["p"] * 5, id=["a", "b", "c", "d", None])
+    write_prompts(tmp_path / "in" / "2.parquet", ["p"] * 4, id=["e", "b", "f", None])
+    inputs = resolve_input(InputSpec(path=str(tmp_path / "in"), id_column="id"), {})
+    assert find_duplicate_ids(inputs, "id", {}, bucket_hashes=3) == [("b", 2)]
+    spec = build_spec({"input": {"path": str(tmp_path / "in"), "id_column": "id"},
+                       "model": {"family": "null"}, "runtime": {"shard_size": 2}})
+    with pytest.raises(InputError, match=r"'b' \(2 times\)"):
+        make_plan(spec)  # before any actor: `synthset plan` says it too
 
 
-def test_zero_row_file_is_a_completed_job_with_no_images(tmp_path):
+def test_a_million_ids_are_checked_in_seconds(tmp_path):
+    import time
+
+    from pipeline.input.duplicates import find_duplicate_ids
+
+    ids = [f"id-{i:07d}" for i in range(1_000_000)]
+    ids[999_999] = ids[3]  # one repeat, far apart
+    src = write_prompts(tmp_path / "big.parquet", ["p"] * len(ids), id=ids)
+    inputs = resolve_input(InputSpec(path=src, id_column="id"), {})
+    t = time.perf_counter()
+    found = find_duplicate_ids(inputs, "id", {}, bucket_hashes=300_000)  # 4 buckets
+    assert found == [("id-0000003", 2)]
+    assert time.perf_counter() - t < 60  # a few seconds here; generous for a loaded CI box
+
+
+def test_zero_row_file_is_a_completed_job_with_no_images_when_allowed(tmp_path):
     src = write_prompts(tmp_path / "empty.parquet", [])
     out = tmp_path / "out"
-    spec = build_spec({"input": {"path": src}, "model": {"family": "null"},
+    spec = build_spec({"input": {"path": src, "allow_empty": True}, "model": {"family": "null"},
                        "output": {"path": str(out)}})
     manifest = run_job(spec, show_progress=False)  # no shard, so no Ray and no actor
     assert manifest["shards"] == [] and manifest["successes"] == manifest["failed"] == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.cli import main
-from pipeline.lock import lock_name
+from pipeline.output.lock import lock_name
 from pipeline.spec import load_spec
 
 DATE = "2026-11-29"

@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.report import collect, write_report
-from pipeline.report_render import thumbnail
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
+from pipeline.report.collect import collect
+from pipeline.report.render import thumbnail
+from pipeline.report.write import write_report
 from pipeline.runner import run_job
 from pipeline.spec import build_spec
-from pipeline.storage import OutputFolder
-from pipeline.verify import verify_output
 from tests.conftest import write_prompts
 
 PROMPTS = [f"a {c} square at the top on a grey background, take {i}"

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.registry import load_model
+from pipeline.input.shards import plan_shards
+from pipeline.output.storage import OutputFolder
 from pipeline.runner import make_plan
-from pipeline.shards import plan_shards
 from pipeline.spec import build_spec
-from pipeline.storage import OutputFolder
-from pipeline.worker import ShardWorker
+from pipeline.stages.worker import ShardWorker
 
 
 class PoisonedModel:
@@ -58,7 +58,7 @@ def run_shard(tmp_path, tiny_gan):
         plan = make_plan(spec)
         model = PoisonedModel(load_model("gan", tiny_gan))
         shard = next(iter(plan_shards(plan.inputs, 100)))
-        from pipeline.samples import build_samples
+        from pipeline.stages.samples import build_samples
         seeds = [s.seed for s in build_samples(next(iter(shard.segments)).read({})
                                                .__next__(), shard, spec, plan.keys)]
         model.poison_seed, model.blank_seed = seeds[1], seeds[2]
@@ -85,8 +85,8 @@ def test_poison_and_blank_samples_are_isolated(run_shard, tmp_path):
 
 def test_malformed_rows_are_quarantined_with_a_status(run_shard):
     prompts = [None, "", "   \t", "0", "42", "卡通风格的人物", "مرحبا بالعالم 🎨",
-               "ctrl\x00chars\x07here", "ENCODER-BOOM", "fine", "dup", "dup"]
-    ids = [f"r{i}" for i in range(10)] + ["same", "same"]
+               "ctrl\x00chars\x07here", "ENCODER-BOOM", "fine", "last"]
+    ids = [f"r{i}" for i in range(11)]
     _, rows, _ = run_shard(prompts, id=ids)
     status = {r["key"]: (r["status"], r["error_message"], r["prompt"]) for r in rows}
     values = list(status.values())
@@ -97,8 +97,7 @@ def test_malformed_rows_are_quarantined_with_a_status(run_shard):
     assert values[7] == ("success", None, "ctrl chars here")
     assert values[8][0] == "error" and "encoder exploded" in values[8][1]
     assert values[9][0] == "success"
-    assert values[10][0] == "success"
-    assert values[11][:2] == ("error", "duplicate id 'same' in this shard")
+    assert values[10][0] == "success" and len(values) == 11
 
 
 

@@ -19,10 +19,10 @@ import yaml
 from models.encoders import TextEncoder, save_tiny_encoder
 from models.gan import GanConfig, GanImageModel
 from pipeline.cli import main
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
 from pipeline.runner import JobFailed, run_job
 from pipeline.spec import build_spec
-from pipeline.storage import OutputFolder
-from pipeline.verify import verify_output
 from tests.conftest import write_prompts
 
 PROMPTS = ["a red circle on the left", "a zebra in the center", "a blue square at the top",

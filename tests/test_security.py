@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from pipeline.output.storage import OutputFolder, StorageError
 from pipeline.runner import run_job
 from pipeline.spec import JobSpec, SpecError, build_spec
-from pipeline.storage import OutputFolder, StorageError
 from tests.conftest import write_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

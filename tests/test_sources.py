@@ -6,9 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.input.resolve import resolve_input
+from pipeline.input.shards import key_format, plan_shards
+from pipeline.input.sources import InputError, read_rows
 from pipeline.runner import make_plan
-from pipeline.shards import key_format, plan_shards
-from pipeline.sources import InputError, read_rows, resolve_input
 from pipeline.spec import InputSpec, build_spec
 from tests.conftest import write_prompts
 

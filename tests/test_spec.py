@@ -98,3 +98,29 @@ def test_batch_size_family_comes_from_a_model_object_and_a_bad_family_is_a_spec_
     assert spec.runtime.batch_size == 8
     with pytest.raises(SpecError, match="model.family"):
         build_spec({"input": {"path": "p.parquet"}, "model": {"family": ["gan"]}})
+
+
+def test_the_null_family_survives_yaml_and_set(tmp_path):
+    """`null` is YAML's null: `--set model.family=null` and `family: null` both mean the
+    null family, not 'no value'."""
+    assert build_spec({"input": {"path": "p"}}, ["model.family=null"]).model.family == "null"
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {path: p.parquet}\nmodel:\n  family: null\n")
+    spec = load_spec(str(job))
+    assert spec.model.family == "null" and spec.runtime.batch_size == 64
+
+
+def test_choice_errors_say_what_was_received():
+    with pytest.raises(SpecError) as e:
+        build_spec({"input": {"path": "p"}, "output": {"image_format": "gif"},
+                    "model": {"family": "stable-diffusion", "dtype": "fp8"}})
+    text = str(e.value)
+    assert "output.image_format: Input should be 'png', 'jpeg' or 'webp'; got 'gif'" in text
+    assert "got 'stable-diffusion'" in text and "model.dtype" in text and "got 'fp8'" in text
+
+
+@pytest.mark.parametrize("key", ["output.path", "input.path"])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_path_is_refused_before_anything_starts(key, value):
+    with pytest.raises(SpecError, match=f"{key}: must not be empty"):
+        build_spec({"input": {"path": "p.parquet"}}, [f"{key}={value}"])

@@ -8,9 +8,11 @@ import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from pipeline import storage
-from pipeline.storage import OutputFolder, StorageError, is_transient, open_input_fs
-from pipeline.writers import FilesShardWriter, commit_marker, marker_name
+from pipeline.output import storage
+from pipeline.output.formats.base import commit_marker
+from pipeline.output.formats.files import FilesShardWriter
+from pipeline.output.layout import marker_name
+from pipeline.output.storage import OutputFolder, StorageError, is_transient, open_input_fs
 from tests.faultproxy import FaultProxy
 
 
@@ -180,3 +182,28 @@ def test_writer_never_overwrites_a_committed_shard(tmp_path):
     assert again.commit(pa.table({"key": ["x"]}), {"count": 9}) == stats
     assert (tmp_path / "00000" / "000000000.png").read_bytes() == b"first"
     assert folder.read_json(marker_name("00000")) == stats
+
+
+def test_exclusive_create_falls_back_where_conditional_writes_are_unsupported(
+        s3_bucket, monkeypatch):
+    """An S3-compatible store that answers 501 to If-None-Match gets check-then-put: still
+    refuses an existing object, and says so once."""
+    from botocore.exceptions import ClientError
+
+    bucket, options = s3_bucket
+    folder = OutputFolder(f"s3://{bucket}/run", options)
+    real_pipe = folder.fs.pipe_file
+    sent = []
+
+    def no_conditional_writes(path, data, **kwargs):
+        sent.append(kwargs.get("mode"))
+        if kwargs.get("mode") == "create":
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "If-None-Match"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+        return real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(folder.fs, "pipe_file", no_conditional_writes)
+    assert folder.create_bytes("m.json", b"1") is None
+    assert folder.create_bytes("m.json", b"2") == b"1"  # refused: the existing content
+    assert folder.read_bytes("m.json") == b"1"
+    assert sent == ["create", None] and not folder.conditional_writes  # asked once, then not

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
 from pipeline.runner import JobFailed, run_job
 from pipeline.spec import build_spec
-from pipeline.storage import OutputFolder
-from pipeline.verify import verify_output
 from tests.conftest import write_prompts
 from tests.faultproxy import FAULTS, FaultProxy
 

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pytest
 
 from models.scenes import COLOURS, POSITIONS, SHAPES, SIZES, all_combinations, caption
-from pipeline.shards import plan_shards
-from pipeline.sources import InputError, resolve_input
+from pipeline.input.resolve import resolve_input
+from pipeline.input.shards import plan_shards
+from pipeline.input.sources import InputError
+from pipeline.input.templates import Permutation, TemplateSource
 from pipeline.spec import InputSpec, SpecError, build_spec
-from pipeline.templates import Permutation, TemplateSource
 
 TEXT = "a {size} {colour} {shape} {position} on a {background} background"
 SLOTS = {"size": SIZES, "colour": COLOURS, "shape": SHAPES, "position": list(POSITIONS),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from tiny_sd import build_byte_clip_tokenizer
+
+from models.tiny_sd import build_byte_clip_tokenizer
 
 
 def _tokenizer():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from models.ar_sampling import sample_tokens
 from models.autoregressive import ARConfig, ImageTransformer
 from models.train.data import CaptionedImages
-from models.train.gan_loop import TextBank
+from models.train.text_bank import TextBank
 from models.vq import VQVAE
 
 

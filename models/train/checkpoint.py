@@ -1,4 +1,5 @@
-"""Resumable checkpoints (safetensors + optimizer state), sample grids and model export."""
+"""What every run's checkpoints share: an atomic folder swap, the optimizer/sampler/RNG state
+written last, finding the latest complete one; and sample grids."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import shutil
 import numpy as np
 import torch
 
-from models.gan import GanConfig, load_weights, save_model_folder
-from models.train.gan_loop import GanTrainer
-
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "state.json"  # written last: a checkpoint folder without it is incomplete
-
-
-def _prefixed(prefix: str, state: dict) -> dict:
-    return {f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
 def begin_checkpoint(run_dir: str) -> str:
@@ -53,21 +47,6 @@ def load_run_state(trainer, path: str, optimizers: dict) -> int:
     return trainer.step_count
 
 
-def save_checkpoint(trainer: GanTrainer, run_dir: str) -> str:
-    """Write ``run_dir/checkpoint`` atomically: weights, optimizer and RNG state, step."""
-    from safetensors.torch import save_file
-
-    tmp = begin_checkpoint(run_dir)
-    os.makedirs(tmp)
-    weights = {**_prefixed("generator", trainer.generator.state_dict()),
-               **_prefixed("discriminator", trainer.discriminator.state_dict()),
-               **_prefixed("ema", trainer.ema.state_dict())}
-    save_file(weights, os.path.join(tmp, "model.safetensors"))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(trainer.config.__dict__, f, indent=2)
-    return finish_checkpoint(trainer, tmp, {"opt_g": trainer.opt_g, "opt_d": trainer.opt_d})
-
-
 def find_checkpoint(run_dir: str) -> str | None:
     """The latest complete checkpoint folder in ``run_dir``, if any."""
     for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".tmp"):
@@ -77,23 +56,16 @@ def find_checkpoint(run_dir: str) -> str | None:
     return None
 
 
-def checkpoint_config(path: str) -> GanConfig:
-    """The GanConfig a checkpoint was trained with."""
-    with open(os.path.join(path, "config.json")) as f:
-        return GanConfig.from_dict(json.load(f))
-
-
-def load_checkpoint(trainer: GanTrainer, path: str) -> int:
-    """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
-    trainer.load_weights(load_weights(path, "generator."), load_weights(path, "discriminator."),
-                         load_weights(path, "ema."))
-    return load_run_state(trainer, path, {"opt_g": trainer.opt_g, "opt_d": trainer.opt_d})
-
-
-def export_model(trainer: GanTrainer, export_dir: str) -> str:
-    """A model folder (EMA generator + discriminator) that GanImageModel.from_pretrained loads."""
-    save_model_folder(export_dir, trainer.config, trainer.ema, trainer.discriminator)
-    return export_dir
+def save_sample_grid(trainer, folder: str, seeds: int) -> None:
+    """Up to 8 captions spread over the data, ``seeds`` samples each, as one PNG per step;
+    ``captions.txt`` names the rows."""
+    captions = trainer.data.captions
+    ids = torch.linspace(0, len(captions) - 1, min(8, len(captions))).long()
+    images = trainer.sample(ids, seeds=list(range(seeds)))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "captions.txt"), "w") as f:  # one line per grid row
+        f.write("\n".join(captions[i] for i in ids.tolist()) + "\n")
+    save_grid(images, seeds, os.path.join(folder, f"step{trainer.step_count:07d}.png"))
 
 
 def save_grid(images: torch.Tensor, columns: int, path: str) -> None:
@@ -110,18 +82,3 @@ def save_grid(images: torch.Tensor, columns: int, path: str) -> None:
         r, c = divmod(i, columns)
         grid[r * s:(r + 1) * s, c * s:(c + 1) * s] = image
     Image.fromarray(grid).save(path)
-
-
-def export_checkpoint(checkpoint_dir: str, export_dir: str) -> str:
-    """Turn a (possibly still training) run's checkpoint into a loadable model folder."""
-    from safetensors.torch import save_file
-
-    from models.gan import CONFIG_NAME, WEIGHTS_NAME
-
-    os.makedirs(export_dir, exist_ok=True)
-    state = {**{f"generator.{k}": v for k, v in load_weights(checkpoint_dir, "ema.").items()},
-             **{f"discriminator.{k}": v
-                for k, v in load_weights(checkpoint_dir, "discriminator.").items()}}
-    save_file(state, os.path.join(export_dir, WEIGHTS_NAME))
-    shutil.copy(os.path.join(checkpoint_dir, "config.json"), os.path.join(export_dir, CONFIG_NAME))
-    return export_dir

@@ -12,7 +12,7 @@ import torch
 
 from models.encoders import TextEncoder
 from models.train.data import load_captioned_images
-from models.train.gan_loop import encode_captions
+from models.train.text_bank import encode_captions
 
 
 def train_device(name: str) -> torch.device:

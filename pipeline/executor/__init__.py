@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.executor.metrics import MeteredProgress
-from pipeline.shards import KeyFormat, Shard
+from pipeline.input.shards import KeyFormat, Shard
 from pipeline.spec import JobSpec
 
 log = logging.getLogger("synthset")
@@ -93,8 +94,9 @@ class GenerationActor:
         from transformers.utils import logging as hf_logging
 
         from models.registry import load_model, resolve_device
-        from pipeline.storage import OutputFolder
-        from pipeline.worker import ShardWorker, store_threads
+        from pipeline.output.storage import OutputFolder
+        from pipeline.stages.store import store_threads
+        from pipeline.stages.worker import ShardWorker
 
         torch.set_num_threads(max(1, cpus))
         hf_logging.disable_progress_bar()
@@ -102,7 +104,7 @@ class GenerationActor:
         self.device = resolve_device()
         m = self.spec.model
         model = load_model(m.family, m.path, m.encoder, self.device, m.dtype, m.scheduler,
-                           m.trust_remote_code, m.options)
+                           m.trust_remote_code, m.options, m.factory)
         folder = OutputFolder(self.spec.output.path, self.spec.storage_options,
                               self.spec.output.retries, self.spec.output.retry_backoff_s)
         deterministic = self.spec.runtime.deterministic
@@ -192,8 +194,10 @@ class RayExecutor:
     while it holds work is killed and replaced.
     """
 
-    def __init__(self, spec: JobSpec, keys: KeyFormat, progress) -> None:
+    def __init__(self, spec: JobSpec, keys: KeyFormat, progress,
+                 committed: Callable[[int], dict | None] = lambda shard_id: None) -> None:
         self.spec, self.keys = spec, keys
+        self.committed = committed  # shard id -> its marker in storage, if committed
         self.progress = MeteredProgress(progress, spec.name)  # and Prometheus metrics
         self.rt = spec.runtime
         self.count, self.resources = plan_actors(spec)
@@ -210,6 +214,7 @@ class RayExecutor:
         self.actor_failures = 0
         self.outcome = RunOutcome()
         self._next_id = 0
+        self.capacity = CapacityWatch(self.resources, self.rt.capacity_timeout_s, self.progress)
 
     def run(self, shards: list[Shard]) -> RunOutcome:
         self.queue.extend(shards)
@@ -228,6 +233,7 @@ class RayExecutor:
         return self.outcome
 
     def _step(self) -> None:
+        self.capacity.check([s for s in self.slots if not s.ready])
         waiting = {s.ready_ref: s for s in self.slots if not s.ready}
         refs = list(self.inflight) + list(waiting)
         if not refs:
@@ -316,6 +322,15 @@ class RayExecutor:
 
     def _retry(self, shard: Shard, reason: str) -> None:
         self.attempts[shard.id] += 1
+        marker = self.committed(shard.id)
+        if marker is not None and shard.retry_keys is None:
+            # The commit landed and only its answer was lost (say, the actor died while
+            # the commit call waited behind its next shard): a marker beats attempt counts.
+            log.warning("shard %d: %s, but its marker is committed; counting it done",
+                        shard.id, reason)
+            self.outcome.committed.append(marker)
+            self.progress.shard_done(marker)
+            return
         if self.attempts[shard.id] >= self.rt.max_shard_attempts:
             log.error("shard %d failed %d times, giving up: %s", shard.id,
                       self.attempts[shard.id], reason)
@@ -344,6 +359,74 @@ class RayExecutor:
         for slot in self.slots:
             slot.last_seen = max(slot.last_seen, seen.get(slot.id, 0))
         self.progress.images(done, failed)
+
+
+class CapacityWatch:
+    """Tells "waiting for capacity" apart from "the cluster is gone" while actors start.
+
+    Every few seconds: the driver's own node must still be alive in the GCS (a dead raylet
+    otherwise leaves ``ray.wait`` waiting forever); pending actors are reported to progress
+    and ``status`` with what they need; and if no alive node could ever host one (the
+    demand is infeasible: say, a head with no CPUs whose workers never came up), the run
+    stops after ``runtime.capacity_timeout_s`` naming the missing resources.
+    """
+
+    INTERVAL_S = 5.0
+
+    def __init__(self, resources: dict, timeout_s: float, progress) -> None:
+        self.need = {"CPU": resources.get("num_cpus", 0), "GPU": resources.get("num_gpus", 0)}
+        self.timeout_s, self.progress = timeout_s, progress
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._checked = 0.0
+        self._infeasible_since: float | None = None
+
+    def check(self, pending: list) -> None:
+        if not pending:  # every actor is up: nothing to wait for
+            self._infeasible_since = None
+            self.progress.wait_note(None)
+        now = time.time()
+        if now - self._checked < self.INTERVAL_S:
+            return
+        self._checked = now
+        nodes = self._nodes()
+        if not any(n["NodeID"] == self.node_id and n["Alive"] for n in nodes):
+            raise ExecutorError("the driver's Ray node is gone (its raylet died or the "
+                                "cluster was stopped)")
+        if not pending:
+            return
+        fits = [n for n in nodes if n["Alive"] and self._fits(n["Resources"])]
+        need = ", ".join(f"{k}: {v:g}" for k, v in self.need.items() if v)
+        if fits:
+            self._infeasible_since = None
+            # Free resources mean the pending actors have theirs and are loading a model.
+            free = self._fits(ray.available_resources())
+            self.progress.wait_note(None if free else f"waiting for capacity: {len(pending)} "
+                                    f"actor(s) pending, each needs {{{need}}}")
+            return
+        self._infeasible_since = self._infeasible_since or now
+        have = "; ".join(_describe_node(n) for n in nodes if n["Alive"]) or "no alive node"
+        text = (f"no node can host an actor: each needs {{{need}}}, the cluster has {have}")
+        self.progress.wait_note(f"{text} (waiting up to {self.timeout_s:.0f} s for one to join)")
+        if now - self._infeasible_since >= self.timeout_s:
+            raise ExecutorError(f"{text}; waited {self.timeout_s:.0f} s "
+                                "(runtime.capacity_timeout_s) for a node that fits")
+
+    def _fits(self, resources: dict) -> bool:
+        return all(resources.get(k, 0) >= v for k, v in self.need.items() if v)
+
+    @staticmethod
+    def _nodes() -> list[dict]:
+        try:
+            return ray.nodes()
+        except Exception as e:  # the GCS itself is unreachable
+            raise ExecutorError(f"the Ray cluster is unreachable: {type(e).__name__}: "
+                                f"{str(e)[:200]}") from None
+
+
+def _describe_node(node: dict) -> str:
+    r = node["Resources"]
+    address = node.get("NodeManagerAddress", "?")
+    return f"{address} (CPU {r.get('CPU', 0):g}, GPU {r.get('GPU', 0):g})"
 
 
 def _cause(error: RayTaskError) -> str:

@@ -27,19 +27,19 @@ class _Generate:
 
         from models.registry import load_model, resolve_device
         from pipeline.spec import JobSpec
-        from pipeline.worker import generation_params
+        from pipeline.stages.generate import generation_params
 
         torch.set_num_threads(cpus)
         self.spec = JobSpec.model_validate_json(spec_json)
         m = self.spec.model
         self.model = load_model(m.family, m.path, m.encoder, resolve_device(), m.dtype,
-                                m.scheduler, m.trust_remote_code, m.options)
+                                m.scheduler, m.trust_remote_code, m.options, m.factory)
         self.params = generation_params(self.spec, self.model)
         self.model.warmup(self.params)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from models.base import derive_seed
-        from pipeline.imaging import encode_image
+        from pipeline.stages.image import encode_image
 
         started, t0 = time.time(), time.perf_counter()
         prompts = [str(p) for p in batch[self.spec.input.prompt_column]]

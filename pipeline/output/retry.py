@@ -1,0 +1,92 @@
+"""``synthset run JOB --retry-failed``: regenerate only the failed samples of committed shards.
+
+The driver picks every committed shard with samples that failed in generation and sends
+it with their keys (``Shard.retry_keys``) through the usual executor; rows quarantined
+for their input (null or invalid prompts, duplicate ids) fail the same way every time
+and are left as they are.
+The worker rebuilds the shard's samples from the input (same keys, same seeds), takes
+the outcome of every other sample from the committed metadata, and has the writer carry
+the committed images over; only the failed samples are generated again. The commit is
+the usual one with the marker replaced last (``formats.base.replace_marker``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pyarrow.parquet as pq
+
+from pipeline.input.shards import Shard
+from pipeline.output.formats.base import ShardWriter
+from pipeline.output.layout import JOB, SUCCESS, metadata_name
+from pipeline.output.storage import OutputFolder
+from pipeline.spec import SpecError
+from pipeline.stages.samples import Sample, retryable
+
+CARRIED = ("status", "error_message", "sha256", "file", "truncated")
+
+
+def check_retry(folder: OutputFolder, overwrite: bool) -> None:
+    """A retry needs an earlier run of the job to retry (a different job is refused later)."""
+    if overwrite:
+        raise SpecError("--retry-failed keeps what is committed; it cannot be combined with "
+                        "--overwrite")
+    if folder.read_json(JOB) is None:
+        raise SpecError(f"--retry-failed: {folder.display()} holds no run of this job "
+                        f"({JOB} missing); run it without --retry-failed first")
+
+
+def drop_success(folder: OutputFolder) -> None:
+    """Delete ``_SUCCESS``: markers are about to change, and it is rewritten at the end."""
+    folder.delete(SUCCESS)
+
+
+def read_outcomes(folder: OutputFolder, shard_name: str) -> list[dict]:
+    """The committed rows of a shard: key and outcome columns only (no image bytes)."""
+    name = metadata_name(shard_name)
+
+    def read() -> list[dict]:
+        with folder.open(name) as f:
+            return pq.read_table(f, columns=["key", *CARRIED]).to_pylist()
+    return folder.call("reading", name, read)
+
+
+def retry_shards(folder: OutputFolder, shards: list[Shard], markers: dict[str, dict],
+                 shard_name: Callable[[int], str]) -> list[Shard]:
+    """The committed shards with samples that failed in generation, each carrying their
+    keys. Rows quarantined for their input are left alone: a retry cannot change them, so
+    a shard whose only failures are bad rows is not rewritten.
+
+    The marker's failure count is checked against the rows too: a retry that crashed
+    after rewriting the rows but before replacing the marker is picked again (with no
+    keys left to generate) and its commit is completed.
+    """
+    picked = []
+    for shard in shards:
+        marker = markers.get(shard_name(shard.id))
+        if marker and marker.get("failed"):
+            errors = [r for r in read_outcomes(folder, shard_name(shard.id))
+                      if r["status"] == "error"]
+            keys = tuple(r["key"] for r in errors if retryable(r["error_message"]))
+            if keys or len(errors) != marker["failed"]:
+                picked.append(dataclasses.replace(shard, retry_keys=keys))
+    return picked
+
+
+def carry_over(folder: OutputFolder, writer: ShardWriter, samples: list[Sample],
+               retry_keys: tuple[str, ...]) -> None:
+    """Give every sample not being retried its committed outcome; the writer keeps the
+    committed images. A retried sample stays pending, unless its input row is bad."""
+    rows = read_outcomes(folder, writer.shard_name)
+    if [r["key"] for r in rows] != [s.key for s in samples]:
+        raise ValueError(f"{folder.display(metadata_name(writer.shard_name))} does not hold the "
+                         "rows this shard's input gives; run `synthset verify`")
+    retry = set(retry_keys)
+    for s, row in zip(samples, rows):
+        # only rows still failed: an earlier attempt of this retry may have fixed some
+        if row["key"] in retry and row["status"] == "error":
+            continue
+        for column in CARRIED:
+            setattr(s, column, row[column])
+    writer.carry({s.key: s.sha256 for s in samples if s.status == "success"})
