@@ -27,6 +27,7 @@ import os
 import re
 import shlex
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -254,9 +255,24 @@ def _gcs_refuses(address: str) -> bool:
     except OSError:
         return False
     try:
-        GcsClient(address=address)
+        with _quiet_stderr():
+            GcsClient(address=address)
     except AuthenticationError:
         return True
     except Exception:  # anything else is ray.init's to report, in its own words
         return False
     return False
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Ray's C++ client logs a refused probe straight to fd 2; the user gets our one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
