@@ -317,3 +317,19 @@ def test_the_entrypoint_names_the_interpreter_and_what_it_lacks(tmp_path):
     ok = subprocess.run([sys.executable, *check[1:]], cwd=REPO, capture_output=True, text=True,
                         timeout=60)
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+
+
+def test_the_gcs_probe_gives_up_on_a_port_that_is_not_a_gcs():
+    """run --address with a wrong port (say, the dashboard's): the token probe answers
+    'no' within seconds and leaves the error to ray.init, instead of waiting 40 s."""
+    import socket
+
+    from pipeline.executor.submit import PROBE_S, _gcs_refuses
+
+    with socket.socket() as server:  # accepts connections, never speaks gRPC
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        start = time.time()
+        assert _gcs_refuses(f"127.0.0.1:{server.getsockname()[1]}") is False
+        assert time.time() - start < PROBE_S + 3
+    assert _gcs_refuses(f"127.0.0.1:{free_port()}") is False  # nothing listening

@@ -28,6 +28,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -241,6 +242,7 @@ def prepare_driver(address: str | None) -> None:
         raise _refused(address, looked)
 
 
+PROBE_S = 5.0
 _HOST_PORT = re.compile(r"^\[?[\w.:-]+\]?:\d+$")
 
 
@@ -250,18 +252,27 @@ def _gcs_refuses(address: str) -> bool:
     from ray.exceptions import AuthenticationError
 
     host, port = address.rsplit(":", 1)
-    try:  # nothing listening: GcsClient would wait 40 s, ray.init reports it sooner
+    try:  # nothing listening: ray.init reports that in its own words
         socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
     except OSError:
         return False
-    try:
-        with _quiet_stderr():
+    refused: list[bool] = []
+
+    def probe() -> None:
+        try:
             GcsClient(address=address)
-    except AuthenticationError:
-        return True
-    except Exception:  # anything else is ray.init's to report, in its own words
-        return False
-    return False
+        except AuthenticationError:
+            refused.append(True)
+        except Exception:  # anything else is ray.init's to report
+            pass
+
+    # A GCS answers in milliseconds; something else on that port (the dashboard's, say)
+    # would hold GcsClient for 40 s, so the probe gets a few seconds and then ray.init.
+    with _quiet_stderr():
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(PROBE_S)
+    return bool(refused)
 
 
 @contextlib.contextmanager
