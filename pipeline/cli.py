@@ -47,9 +47,15 @@ def _interrupt(signum, frame) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.executor.submit import SubmitError, prepare_driver
     from pipeline.runner import run_job
 
     spec = load_spec(args.job, args.overrides, args.date)
+    try:
+        prepare_driver(args.address)  # a secured cluster's token, found the way Ray does
+    except SubmitError as e:
+        print(f"synthset run: {e}", file=sys.stderr)
+        return 2
     # Pod deletion and `synthset stop` send SIGTERM: unwind so the run lock is released.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -55,6 +55,7 @@ def check_pod(pod: dict, gpu: bool) -> None:
 
 def check_ray_cluster_spec(spec: dict) -> None:
     assert spec["rayVersion"] == ray_version()
+    assert spec["authOptions"]["mode"] == "token"  # Jobs API and GCS want the token
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict)
@@ -125,6 +126,13 @@ def test_portable_cronjob_submits_to_the_standing_cluster():
     (cluster,) = by_kind("RayCluster")
     assert args[args.index("--address") + 1] == \
         f"http://{cluster['metadata']['name']}-head-svc:8265"
+    # the token from the Secret KubeRay keeps for that cluster: authOptions.secretName if
+    # set, else one named after the cluster; its key is auth_token
+    auth = cluster["spec"]["authOptions"]
+    secret = auth.get("secretName") or cluster["metadata"]["name"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == \
+        {"name": secret, "key": "auth_token"}
 
 
 def test_cluster_launcher_for_aws_gpus():
