@@ -40,7 +40,7 @@ EXCLUDES = [".venv/", "venv/", "out/", "runs/", ".git/", "**/__pycache__/", "*.e
             ".pytest_cache/", ".ruff_cache/", ".whl/", ".gl/", "deploy/"]
 ENV = {"PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error"}
 # What the head's `python` must import to run a job: pyproject's dependencies by import
-# name (tests/test_submit.py keeps the two in step), and the project itself.
+# name (tests/pipeline/executor/test_submit.py keeps the two in step), and the project itself.
 REQUIRED = ("torch", "transformers", "safetensors", "diffusers", "accelerate", "ray",
             "pyarrow", "fsspec", "s3fs", "pydantic", "yaml", "PIL", "simplejpeg", "numpy",
             "tqdm", "pipeline")

@@ -7,7 +7,12 @@ import pytest
 
 from pipeline.runner import run_job
 from tests.conftest import write_prompts
-from tests.test_faults import PROMPTS, _assert_same_dataset, _spec, _when_first_marker
+from tests.pipeline.executor.test_faults import (
+    PROMPTS,
+    _assert_same_dataset,
+    _spec,
+    _when_first_marker,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import yaml
 from pipeline.cli import build_parser
 from pipeline.spec import load_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 IMAGE_ROOT = "/app/"  # WORKDIR of deploy/Dockerfile: the repository root inside the image
 

@@ -13,8 +13,9 @@ from models.base import GenerationParams
 from models.encoders import TextEncoder, save_tiny_encoder
 from models.scenes import write_dataset
 from models.train import load_train_config, run_training
+from tests.conftest import REPO
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "models", "weights", "ar-scenes-64")
+SHIPPED = os.path.join(REPO, "models", "weights", "ar-scenes-64")
 PROMPTS = ["a small red circle on the left on a blue background",
            "a large white square at the top on a black background",
            "a cat",

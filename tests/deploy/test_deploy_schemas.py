@@ -15,7 +15,7 @@ import pytest
 import yaml
 from jsonschema import Draft4Validator
 
-from tests.test_deploy import DEPLOY, REPO, by_kind, manifests
+from tests.deploy.test_deploy import DEPLOY, REPO, by_kind, manifests
 
 CRDS = REPO.parent / "shared" / "data" / "kuberay-crds"
 K8S_VERSION = "1.30"  # oldest Kubernetes the CronJob is checked against (timeZone is GA)

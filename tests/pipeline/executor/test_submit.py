@@ -32,10 +32,11 @@ from pipeline.executor.submit import (
     find_token,
 )
 from pipeline.spec import SpecError
+from tests.conftest import REPO as CONFTEST_REPO
 from tests.conftest import free_port, write_prompts
 
 BIN = os.path.dirname(sys.executable)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(CONFTEST_REPO)
 TEMPLATES = os.path.join(REPO, "jobs", "templates.yaml")
 PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
          "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",

@@ -12,7 +12,7 @@ from pipeline.output.lock import lock_name
 from pipeline.spec import load_spec
 
 DATE = "2026-11-29"
-NIGHTLY = Path(__file__).resolve().parent.parent / "jobs" / "nightly.yaml"
+NIGHTLY = Path(__file__).resolve().parents[2] / "jobs" / "nightly.yaml"
 
 
 def _job(tmp_path, tiny_gan) -> str:

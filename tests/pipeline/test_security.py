@@ -14,9 +14,9 @@ import s3fs
 from pipeline.output.storage import OutputFolder, StorageError
 from pipeline.runner import run_job
 from pipeline.spec import JobSpec, SpecError, build_spec
-from tests.conftest import write_prompts
+from tests.conftest import REPO, write_prompts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 KEY, SECRET = "AKIAEXAMPLEKEY7Q3Z", "s3cr3t-value-that-must-not-leak/9x"
 NASTY_IDS = ["../../etc/passwd", "a/b\x00c", "/abs/path", "..", "C:\\win\\x", "ok-id",
              "é/🎨\n\t", " "]
