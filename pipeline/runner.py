@@ -19,7 +19,7 @@ from pipeline.output.layout import JOB, SUCCESS, marker_name
 from pipeline.output.lock import RunLock
 from pipeline.output.progress import Progress, committed_shards
 from pipeline.output.retry import check_retry, drop_success, retry_shards
-from pipeline.output.storage import OutputFolder
+from pipeline.output.storage import OutputFolder, StorageError
 from pipeline.output.verify import verify_output
 from pipeline.spec import JobSpec, SpecError
 
@@ -202,15 +202,20 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
     log.info("%d of %d shards to run (%d already committed)", len(pending), plan.shards,
              len(already))
     failed: dict[int, str] = {}
+    def committed(shard_id: int) -> dict | None:
+        """The shard's marker, if its commit landed; unknown (None) in a storage outage."""
+        try:
+            return folder.read_json(marker_name(plan.keys.shard_name(shard_id)))
+        except StorageError as e:
+            log.warning("could not check shard %d's marker: %s", shard_id, e)
+            return None
+
     try:
         if pending:
             from pipeline.executor import ExecutorError, RayExecutor, connect
 
             connect(address)
             try:
-                def committed(shard_id: int) -> dict | None:
-                    return folder.read_json(marker_name(plan.keys.shard_name(shard_id)))
-
                 executor = RayExecutor(spec, plan.keys, progress, committed)
                 failed = executor.run(pending).failed
             except ExecutorError as e:

@@ -233,7 +233,8 @@ class RayExecutor:
         return self.outcome
 
     def _step(self) -> None:
-        self.capacity.check([s for s in self.slots if not s.ready])
+        self.capacity.check([s for s in self.slots if not s.ready],
+                            sum(s.ready for s in self.slots))
         waiting = {s.ready_ref: s for s in self.slots if not s.ready}
         refs = list(self.inflight) + list(waiting)
         if not refs:
@@ -380,7 +381,7 @@ class CapacityWatch:
         self._checked = 0.0
         self._infeasible_since: float | None = None
 
-    def check(self, pending: list) -> None:
+    def check(self, pending: list, ready: int) -> None:
         if not pending:  # every actor is up: nothing to wait for
             self._infeasible_since = None
             self.progress.wait_note(None)
@@ -398,10 +399,9 @@ class CapacityWatch:
         need = ", ".join(f"{k}: {v:g}" for k, v in self.need.items() if v)
         if fits:
             self._infeasible_since = None
-            # Free resources mean the pending actors have theirs and are loading a model.
-            free = self._fits(ray.available_resources())
-            self.progress.wait_note(None if free else f"waiting for capacity: {len(pending)} "
-                                    f"actor(s) pending, each needs {{{need}}}")
+            waiting = len(pending) - self._placed(len(pending), ready)
+            self.progress.wait_note(f"waiting for capacity: {waiting} actor(s) pending, each "
+                                    f"needs {{{need}}}" if waiting else None)
             return
         self._infeasible_since = self._infeasible_since or now
         have = "; ".join(_describe_node(n) for n in nodes if n["Alive"]) or "no alive node"
@@ -410,6 +410,18 @@ class CapacityWatch:
         if now - self._infeasible_since >= self.timeout_s:
             raise ExecutorError(f"{text}; waited {self.timeout_s:.0f} s "
                                 "(runtime.capacity_timeout_s) for a node that fits")
+
+    def _placed(self, pending: int, ready: int) -> int:
+        """How many of the pending actors hold their resources already (loading a model):
+        what the cluster has in use beyond the ready actors' share. Another tenant's use
+        counts as ours here, so this errs towards "loading", never towards a false alarm."""
+        total, free = ray.cluster_resources(), ray.available_resources()
+        placed = pending
+        for key, each in self.need.items():
+            if each:
+                held = total.get(key, 0) - free.get(key, 0) - ready * each
+                placed = min(placed, max(0, int(held // each)))
+        return placed
 
     def _fits(self, resources: dict) -> bool:
         return all(resources.get(k, 0) >= v for k, v in self.need.items() if v)

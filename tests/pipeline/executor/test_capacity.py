@@ -40,3 +40,59 @@ def test_no_node_that_fits_stops_the_run_and_a_rerun_resumes(empty_cluster, tmp_
     assert run_job(spec, show_progress=False)["successes"] == 6
     progress = json.loads((tmp_path / "out" / "_progress.json").read_text())
     assert progress["state"] == "complete" and progress["waiting"] is None
+
+
+def test_a_dead_raylet_stops_the_driver_and_a_rerun_resumes(tmp_path, tiny_gan):
+    """The local raylet dies mid-job (it fate-shares with Ray's dashboard agent): the driver
+    says so and exits 1 within a minute instead of waiting forever; a rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = write_prompts(tmp_path / "p.parquet", [f"a red circle {i}" for i in range(240)])
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{path: {src}}}\nmodel: {{family: gan, path: {tiny_gan}}}\n"
+                   f"output: {{path: {out}}}\n"
+                   "runtime: {shard_size: 20, batch_size: 4, progress_interval_s: 0.5}\n")
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--quiet"]
+    driver = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(out.glob("*_stats.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    raylet = next(pid for pid in _children(driver.pid) if b"raylet/raylet" in _cmdline(pid))
+    os.kill(raylet, signal.SIGKILL)
+    killed = time.time()
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 1, err
+    assert "the driver's Ray node is gone" in err and "a rerun resumes" in err
+    assert time.time() - killed < 90
+    kept = len(list(out.glob("*_stats.json")))
+    assert 0 < kept < 12
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(json.loads((out / "_SUCCESS").read_text())["shards"]) == 12
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
