@@ -112,7 +112,7 @@ class GenerationActor:
             deterministic = self.device == "cpu"
         self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
                                   store_threads(self.spec.output.format, cpus),
-                                  overlap_encoding=self.device != "cpu")
+                                  overlap_encoding=self.device != "cpu", device=self.device)
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
         self.commits: dict[int, Future] = {}
 
