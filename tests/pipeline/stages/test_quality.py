@@ -180,3 +180,38 @@ def test_variety_column_and_stats_for_several_images_per_prompt(tmp_path):
     assert q["variety_prompts"] == len(PROMPTS)
     assert q["variety_sum"] == pytest.approx(sum(group[0]["variety"]
                                                  for group in by_prompt.values()), abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from tests.pipeline.stages.tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(str(tmp_path_factory.mktemp("clip")))
+
+
+def _cosine(folder, pixels, prompt):
+    """The cosine computed straight with transformers, as a reference."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(folder).eval()
+    processor = CLIPProcessor.from_pretrained(folder)
+    inputs = processor(text=[prompt], images=[pixels], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    return torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+
+
+def test_clip_scorer_writes_the_raw_cosine_and_the_model(tmp_path, tiny_clip):
+    quality = {"scorers": ["clip"], "clip_model": tiny_clip, "accept": "clip_score > -2"}
+    _, rows, _ = run_job_in_process(tmp_path, quality, batch_size=3)
+    model = SceneModel()
+    scores = [r["clip_score"] for r in rows]
+    assert all(-1 <= s <= 1 for s in scores) and len(set(scores)) > 1
+    assert {r["clip_model"] for r in rows} == {tiny_clip}
+    for r in rows[:3]:
+        pixels = model._draw(r["prompt"], r["seed"])
+        assert r["clip_score"] == pytest.approx(_cosine(tiny_clip, pixels, r["prompt"]), abs=1e-4)
+    assert all(r["accepted"] and r["attempt"] == 0 for r in rows)
+    schema = pq.read_schema(tmp_path / "out" / "00000.parquet")
+    assert schema.field("clip_score").type == pa.float32()
