@@ -150,6 +150,8 @@ class QualitySpec(_Section):
                         "(needs phash or sha256): OUTPUT/_duplicates.parquet")
     dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
                                  "phashes (of 64 bits) in one group")
+    dedup_bands: int = Field(4, ge=1, le=16, description="LSH bands of the 64 bits; pairs "
+                             "closer than this many bits are always found (docs/quality.md)")
 
     @field_validator("scorers")
     @classmethod
@@ -251,7 +253,8 @@ class JobSpec(_Section):
         content["input"].pop("allow_empty")  # what it changes shows in the input signature
         content["output"].pop("retries")
         content["output"].pop("retry_backoff_s")
-        for name in ("dedup", "dedup_threshold"):  # run after the shards: change none of them
+        # dedup runs after the shards commit: it changes none of them
+        for name in ("dedup", "dedup_threshold", "dedup_bands"):
             content["quality"].pop(name)
             default.pop(name)
         if content["quality"] == default:
