@@ -148,7 +148,12 @@ class ShardWorker:
     def _warm_io(self) -> None:
         """Pay one-time costs before the actor reports ready, not inside the first shard
         (where the import lock stalls every shard thread): Arrow's first full validation
-        and the image codec (the writers' pyarrow.compute import came with the registry)."""
+        the image codec (the writers' pyarrow.compute import came with the registry), and the
+        cheap quality scorers."""
         utf8_safe(pa.chunked_array([pa.array([""])]))
         encode_image(np.full((8, 8, 3), 128, np.uint8), self.spec.output.image_format,
                      self.spec.output.quality)
+        # a scorer's first call imports its library (imagehash pulls in scipy): not in a shard
+        pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        for scorer in self.quality.cheap:
+            scorer.score(pixels, "warm-up")

@@ -28,12 +28,13 @@ class TextEmbeds(PromptEmbeds):
 
 class SceneModel(ImageModel):
     """Renders the prompt's scene; a seed with ``seed % wrong_every != 0`` gets the wrong
-    colour. Any other prompt draws seeded noise."""
+    colour; scenes of a size in ``still`` are drawn right, without jitter, whatever the seed
+    (a collapsed prompt). Any other prompt draws seeded noise."""
 
     model_id, native_size = "scene-test", (64, 64)
 
-    def __init__(self, wrong_every: int = 3):
-        self.wrong_every = wrong_every
+    def __init__(self, wrong_every: int = 3, still: tuple[str, ...] = ()):
+        self.wrong_every, self.still = wrong_every, still
         self.seeds_drawn: list[int] = []
 
     def encode_prompt(self, prompts, negative_prompts=None):
@@ -48,6 +49,8 @@ class SceneModel(ImageModel):
         attrs = parse_scene(prompt)
         if attrs is None:
             return rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        if attrs["size"] in self.still:
+            return scenes.render(attrs, 64)  # the seed changes nothing: collapsed
         if seed % self.wrong_every:
             others = [c for c in scenes.COLOURS if c not in (attrs["colour"], attrs["background"])]
             attrs = {**attrs, "colour": others[seed % len(others)]}
