@@ -147,7 +147,7 @@ class ShardWorker:
 
     def _warm_io(self) -> None:
         """Pay one-time costs before the actor reports ready, not inside the first shard
-        (where the import lock stalls every shard thread): Arrow's first full validation
+        (where the import lock stalls every shard thread): Arrow's first full validation,
         the image codec (the writers' pyarrow.compute import came with the registry), and the
         cheap quality scorers."""
         utf8_safe(pa.chunked_array([pa.array([""])]))
