@@ -12,10 +12,9 @@ from itertools import combinations
 
 import pyarrow as pa
 
+from pipeline.output.formats.base import SAMPLE_FIELD
 from pipeline.stages.samples import Sample
 from pipeline.stages.scorers import ACCEPT_COLUMNS, columns_of
-
-SAMPLE_FIELD = {b"synthset": b"sample"}  # a column that belongs in per-sample JSON too
 
 
 def hamming(a: str, b: str) -> int:

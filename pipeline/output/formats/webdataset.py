@@ -16,7 +16,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.output.formats.base import ShardCheck, parquet_bytes
+from pipeline.output.formats.base import ShardCheck, parquet_bytes, sample_fields
 from pipeline.output.formats.packed import SPOOL_MEMORY_BYTES, PackedWriter
 from pipeline.output.layout import metadata_name
 from pipeline.output.storage import OutputFolder, StorageError
@@ -98,9 +98,7 @@ class WebDatasetShardWriter(PackedWriter):
 def json_fields(schema: pa.Schema) -> tuple[str, ...]:
     """The sample JSON's keys: the fixed ones, then the columns a job's quality scorers
     flagged as per-sample (field metadata ``synthset: sample``), the same in every row."""
-    flagged = tuple(f.name for f in schema
-                    if f.metadata and f.metadata.get(b"synthset") == b"sample")
-    return TAR_JSON_FIELDS + flagged
+    return TAR_JSON_FIELDS + tuple(sample_fields(schema))
 
 
 def _member_digests(folder: OutputFolder, name: str) -> dict[str, dict[str, str]]:

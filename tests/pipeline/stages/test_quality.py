@@ -215,3 +215,40 @@ def test_clip_scorer_writes_the_raw_cosine_and_the_model(tmp_path, tiny_clip):
     assert all(r["accepted"] and r["attempt"] == 0 for r in rows)
     schema = pq.read_schema(tmp_path / "out" / "00000.parquet")
     assert schema.field("clip_score").type == pa.float32()
+
+
+class FlakyScenes(SceneModel):
+    """Draws a black frame (a failed sample) for the first prompt until ``healed``."""
+
+    healed = False
+
+    def _draw(self, prompt, seed):
+        if not self.healed and prompt == PROMPTS[0]:
+            return np.zeros((64, 64, 3), np.uint8)
+        return super()._draw(prompt, seed)
+
+
+def test_retry_failed_keeps_the_scores_and_kept_draws_of_carried_samples(tmp_path):
+    from pipeline.output.retry import retry_shards
+
+    model = FlakyScenes()
+    _, before, _ = run_job_in_process(tmp_path, BEST_OF, shard_size=5, model=model)
+    assert before[0]["status"] == "error" and before[0]["phash"] is None
+    src = write_prompts(tmp_path / "p.parquet", PROMPTS)
+    spec = build_spec({"input": {"path": src}, "model": {"family": "null"},
+                       "output": {"path": str(tmp_path / "out")},
+                       "runtime": {"batch_size": 4, "shard_size": 5}, "quality": BEST_OF})
+    plan = make_plan(spec)
+    folder = OutputFolder(spec.output.path)
+    shards = list(plan_shards(plan.inputs, 5))
+    markers = {plan.keys.shard_name(s.id): folder.read_json(f"{plan.keys.shard_name(s.id)}"
+                                                            "_stats.json") for s in shards}
+    redo = retry_shards(folder, shards, markers, plan.keys.shard_name)
+    assert [s.id for s in redo] == [0]
+    model.healed = True
+    ShardWorker(spec, model, plan.keys, folder, True).run(redo[0])
+    after = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert after[0]["status"] == "success" and len(after[0]["phash"]) == 16
+    pick = ("seed", "attempt", "accepted", "sha256", "phash", "scene_match", "scene_failed")
+    assert [{k: r[k] for k in pick} for r in after[1:]] == \
+        [{k: r[k] for k in pick} for r in before[1:5]]
