@@ -251,6 +251,8 @@ def _bench_command(sub) -> None:
     p.add_argument("--workdir", help="where inputs and outputs go (default: a temp folder)")
     p.add_argument("--skip-s3", action="store_true")
     p.add_argument("--skip-ray-data", action="store_true")
+    p.add_argument("--quality", action="store_true", help="also run the pipeline with the "
+                   "phash and scene scorers on (mode 'quality'), to compare with 'local'")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="rounds over all modes (interleaved); each mode reports its best")
     p.add_argument("--encode-size", type=int, default=512, metavar="PX",

@@ -146,8 +146,10 @@ class QualitySpec(_Section):
     accept: str | None = Field(None, description="keep a draw when this holds, e.g. "
                                "'clip_score >= 0.28 and scene_match == 1'; else redraw")
     max_attempts: int = Field(1, ge=1, le=64, description="draws per sample with accept")
-    dedup: bool = Field(True, description="group near-duplicates after the job commits "
-                        "(needs phash or sha256): OUTPUT/_duplicates.parquet")
+    dedup: bool | Literal["auto"] = Field(
+        "auto", description="group duplicates after the job commits into "
+        "OUTPUT/_duplicates.parquet (exact copies by sha256, near ones by phash); 'auto' = "
+        "when any scorer runs")
     dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
                                  "phashes (of 64 bits) in one group")
     dedup_bands: int = Field(4, ge=1, le=16, description="LSH bands of the 64 bits; pairs "
@@ -164,6 +166,13 @@ class QualitySpec(_Section):
         if len(set(v)) != len(v):
             raise ValueError(f"lists a scorer twice: {v}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dedup_auto(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("dedup", "auto") == "auto":
+            return {**data, "dedup": bool(data.get("scorers"))}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> QualitySpec:

@@ -127,6 +127,8 @@ def test_spec_checks_the_quality_section():
     with pytest.raises(SpecError, match="clip_model"):
         build_spec({**base, "quality": {"scorers": ["clip"]}})
     plain = build_spec(base)
+    assert plain.quality.dedup is False  # no scorers: outputs stay as they were
+    assert build_spec({**base, "quality": {"scorers": ["scene"]}}).quality.dedup is True
     assert plain.fingerprint() == build_spec({**base, "quality": {"dedup_threshold": 6}}) \
         .fingerprint()  # dedup runs after the shards: it changes none of them
     assert plain.fingerprint() != build_spec({**base, "quality": {"scorers": ["phash"]}}) \
