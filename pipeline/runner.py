@@ -263,11 +263,15 @@ def quality_summary(markers: list[dict], duplicates: dict | None) -> dict[str, A
     for m in markers:
         for key, value in (m.get("quality") or {}).items():
             totals[key] = totals.get(key, 0) + value
-    summary: dict[str, Any] = {k: v for k, v in totals.items() if not k.startswith("variety")}
+    summary: dict[str, Any] = {k: v for k, v in totals.items()
+                               if not k.startswith(("variety", "vendi"))}
     if totals.get("variety_prompts"):
         summary["variety"] = {"prompts": int(totals["variety_prompts"]),
                               "mean_phash_distance": round(totals["variety_sum"]
                                                            / totals["variety_prompts"], 3)}
+    if totals.get("vendi_prompts"):  # the effective number of distinct images per prompt
+        summary.setdefault("variety", {})["mean_vendi"] = round(
+            totals["vendi_sum"] / totals["vendi_prompts"], 3)
     if duplicates is not None:
         summary["duplicates"] = duplicates
     return summary

@@ -26,7 +26,7 @@ from pipeline.stages.samples import Sample, retryable
 
 # seed: best-of-n keeps a draw's derived seed, not the one the input gives
 CARRIED = ("status", "error_message", "sha256", "file", "truncated", "seed")
-ON_SAMPLE = ("attempt", "accepted", "variety")  # quality columns that are not scores
+ON_SAMPLE = ("attempt", "accepted", "variety", "vendi")  # quality columns that are not scores
 
 
 def check_retry(folder: OutputFolder, overwrite: bool) -> None:
@@ -98,9 +98,10 @@ def carry_over(folder: OutputFolder, writer: ShardWriter, samples: list[Sample],
 
 
 def carry_scores(sample: Sample, row: dict) -> None:
-    """A carried sample keeps its committed quality columns (``variety`` is recomputed)."""
+    """A carried sample keeps its committed quality columns (``variety`` is recomputed; a
+    carried image has no CLIP embedding, so ``vendi`` counts only its regenerated peers)."""
     for name, value in row.items():
-        if name in ("key", *CARRIED, "variety"):
+        if name in ("key", *CARRIED, "variety", "vendi"):
             continue
         if name in ON_SAMPLE:
             setattr(sample, name, value)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import combinations
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.output.formats.base import SAMPLE_FIELD
 from pipeline.stages.samples import Sample
 from pipeline.stages.scorers import ACCEPT_COLUMNS, columns_of
+from pipeline.stages.scorers.base import EMBEDDING
 
 
 def hamming(a: str, b: str) -> int:
@@ -33,6 +35,24 @@ def variety(samples: list[Sample]) -> dict[int, float]:
             for row, h in hashes.items() if len(h) > 1}
 
 
+def vendi(samples: list[Sample]) -> dict[int, float]:
+    """Per input row with two or more CLIP-scored images: the Vendi score, the effective
+    number of distinct images, exp(-sum l log l) over the eigenvalues l of K / n where K is
+    the cosine-similarity matrix of their embeddings (1 = all alike, n = all different)."""
+    found: dict[int, list] = defaultdict(list)
+    for s in samples:
+        if s.status == "success" and s.scores.get(EMBEDDING) is not None:
+            found[s.row].append(s.scores[EMBEDDING])
+    out = {}
+    for row, vectors in found.items():
+        if len(vectors) > 1:
+            e = np.stack(vectors).astype(np.float64)  # (n, d), unit rows
+            eigen = np.linalg.eigvalsh(e @ e.T / len(e))
+            eigen = eigen[eigen > 1e-12]
+            out[row] = float(np.exp(-(eigen * np.log(eigen)).sum()))
+    return out
+
+
 def quality_columns(quality, images_per_prompt: int, samples: list[Sample]) -> dict:
     """``{name: array}`` of the job's score columns (null for failed samples)."""
     ok = [s.status == "success" for s in samples]
@@ -46,6 +66,9 @@ def quality_columns(quality, images_per_prompt: int, samples: list[Sample]) -> d
     if "phash" in quality.scorers and images_per_prompt > 1:
         rows = variety(samples)
         columns["variety"] = pa.array([rows.get(s.row) for s in samples], pa.float32())
+    if "clip" in quality.scorers and images_per_prompt > 1:
+        rows = vendi(samples)
+        columns["vendi"] = pa.array([rows.get(s.row) for s in samples], pa.float32())
     return columns
 
 
@@ -63,6 +86,9 @@ def quality_stats(quality, samples: list[Sample]) -> dict:
     rows = variety(samples) if "phash" in quality.scorers else {}
     stats = {"scored": sum(bool(s.scores) for s in done), "draws": sum(s.draws for s in done),
              "variety_sum": round(sum(rows.values()), 4), "variety_prompts": len(rows)}
+    if "clip" in quality.scorers:
+        rows = vendi(samples)
+        stats.update(vendi_sum=round(sum(rows.values()), 4), vendi_prompts=len(rows))
     if quality.accept:
         stats["accepted"] = sum(s.accepted is True for s in done)
         stats["not_accepted"] = sum(s.accepted is False for s in done)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+EMBEDDING = "_clip_embedding"  # a score key that is no column: a unit image embedding
+
 
 class Scorer:
     """One quality signal per image, as typed metadata columns.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.stages.scorers.base import Scorer
+from pipeline.stages.scorers.base import EMBEDDING, Scorer
 
 
 class ClipScorer(Scorer):
@@ -40,7 +40,10 @@ class ClipScorer(Scorer):
         image = torch.nn.functional.normalize(_tensor(image).float(), dim=-1)
         text = torch.nn.functional.normalize(_tensor(text).float(), dim=-1)
         cosines = (image * text).sum(-1).cpu().tolist()  # (B,)
-        return [{"clip_score": c, "clip_model": self.model_id} for c in cosines]
+        # the unit image embedding rides along (not a column): the Vendi score of a prompt's
+        # images is computed from them at commit
+        return [{"clip_score": c, "clip_model": self.model_id, EMBEDDING: e}
+                for c, e in zip(cosines, image.cpu().numpy())]
 
 
 def _tensor(features):

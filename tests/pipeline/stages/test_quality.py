@@ -254,3 +254,15 @@ def test_retry_failed_keeps_the_scores_and_kept_draws_of_carried_samples(tmp_pat
     pick = ("seed", "attempt", "accepted", "sha256", "phash", "scene_match", "scene_failed")
     assert [{k: r[k] for k in pick} for r in after[1:]] == \
         [{k: r[k] for k in pick} for r in before[1:5]]
+
+
+def test_vendi_score_of_each_prompts_clip_embeddings(tmp_path, tiny_clip):
+    quality = {"scorers": ["clip", "phash"], "clip_model": tiny_clip}
+    still = SceneModel(still=("small", "large"))  # every seed draws the same image
+    markers, rows, _ = run_job_in_process(tmp_path, quality, images_per_prompt=3, model=still,
+                                          name="still")
+    scenes_rows = [r for r in rows if r["prompt"] in SCENES]
+    assert all(r["vendi"] == pytest.approx(1.0, abs=1e-3) for r in scenes_rows)  # collapsed
+    noise = [r for r in rows if r["prompt"] not in SCENES]  # seeded noise: three different
+    assert all(1.0 < r["vendi"] <= 3.0 + 1e-6 for r in noise)
+    assert markers[0]["quality"]["vendi_prompts"] == len(PROMPTS)
