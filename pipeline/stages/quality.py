@@ -60,8 +60,8 @@ class QualityStage:
         return self._best_of_n(drawn, timings)
 
     def _score(self, drawn: Drawn, timings: Counter, cheap: bool) -> None:
-        if not drawn:
-            return
+        if not drawn or not (self.models or (cheap and self.cheap)):
+            return  # nothing to time: a job without scorers has no "score" stage
         t = time.perf_counter()
         samples, images = [s for s, _ in drawn], [p for _, p in drawn]
         prompts = [s.prompt for s in samples]
