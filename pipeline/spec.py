@@ -141,8 +141,11 @@ class QualitySpec(_Section):
     """Per-sample quality signals, best-of-n and near-duplicate groups (docs/quality.md)."""
 
     scorers: list[str] = Field(default_factory=list, description="scorers of "
-                               "pipeline/stages/scorers: phash, scene, clip")
+                               "pipeline/stages/scorers: phash, scene, clip, safety")
     clip_model: str | None = Field(None, description="CLIP folder or hub id (scorer clip)")
+    safety_model: str | None = Field(None, description="folder or hub id of a diffusers "
+                                     "StableDiffusionSafetyChecker and its CLIP image "
+                                     "processor (scorer safety)")
     accept: str | None = Field(None, description="keep a draw when this holds, e.g. "
                                "'clip_score >= 0.28 and scene_match == 1'; else redraw")
     max_attempts: int = Field(1, ge=1, le=64, description="draws per sample with accept")
@@ -181,6 +184,9 @@ class QualitySpec(_Section):
 
         if "clip" in self.scorers and not self.clip_model:
             raise ValueError("clip_model: required with the clip scorer (a folder or hub id)")
+        if "safety" in self.scorers and not self.safety_model:
+            raise ValueError("safety_model: required with the safety scorer (a folder or hub "
+                             "id, e.g. CompVis/stable-diffusion-safety-checker)")
         if self.accept is not None:
             parse_accept(self.accept, numeric_columns(self.scorers))
         elif self.max_attempts > 1:

@@ -11,9 +11,11 @@ import pyarrow as pa
 from pipeline.stages.scorers.base import Scorer
 from pipeline.stages.scorers.clip import ClipScorer
 from pipeline.stages.scorers.phash import PhashScorer
+from pipeline.stages.scorers.safety import SafetyScorer
 from pipeline.stages.scorers.scene import SceneScorer
 
-SCORERS: dict[str, type[Scorer]] = {s.name: s for s in (PhashScorer, SceneScorer, ClipScorer)}
+SCORERS: dict[str, type[Scorer]] = {
+    s.name: s for s in (PhashScorer, SceneScorer, ClipScorer, SafetyScorer)}
 # with quality.accept: which draw was kept, and whether it passed
 ACCEPT_COLUMNS = {"attempt": pa.int32(), "accepted": pa.bool_()}
 

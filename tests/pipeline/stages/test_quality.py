@@ -266,3 +266,27 @@ def test_vendi_score_of_each_prompts_clip_embeddings(tmp_path, tiny_clip):
     noise = [r for r in rows if r["prompt"] not in SCENES]  # seeded noise: three different
     assert all(1.0 < r["vendi"] <= 3.0 + 1e-6 for r in noise)
     assert markers[0]["quality"]["vendi_prompts"] == len(PROMPTS)
+
+
+def test_safety_scorer_flags_and_scores_but_never_blacks_out(tmp_path):
+    from tests.pipeline.stages.tiny_clip import build_tiny_safety_checker
+
+    _, plain, _ = run_job_in_process(tmp_path, {}, name="plain")
+    for threshold, flagged in ((-2.0, True), (2.0, False)):
+        folder = build_tiny_safety_checker(str(tmp_path / f"checker{threshold}"), threshold)
+        quality = {"scorers": ["safety"], "safety_model": folder}
+        _, rows, _ = run_job_in_process(tmp_path, quality, name=f"safe{threshold}")
+        assert all(r["nsfw"] is flagged for r in rows)
+        assert all((r["nsfw_score"] > 0) is flagged for r in rows)
+        assert all(-1 - threshold - 1e-4 <= r["nsfw_score"] <= 1 - threshold + 1e-4 for r in rows)
+        assert [r["sha256"] for r in rows] == [r["sha256"] for r in plain]  # images kept as drawn
+    # a threshold between the images' closest-concept cosines flags some and not others
+    cosines = sorted(r["nsfw_score"] + 2.0 for r in rows)
+    middle = (cosines[len(cosines) // 2 - 1] + cosines[len(cosines) // 2]) / 2
+    folder = build_tiny_safety_checker(str(tmp_path / "checker-mid"), middle)
+    _, rows, _ = run_job_in_process(tmp_path, {"scorers": ["safety"], "safety_model": folder},
+                                    name="safe-mid")
+    assert 0 < sum(r["nsfw"] for r in rows) < len(rows)
+    assert all(r["nsfw"] == (r["nsfw_score"] > 0) for r in rows)
+    with pytest.raises(SpecError, match="safety_model"):
+        build_spec({"input": {"path": "x"}, "quality": {"scorers": ["safety"]}})
