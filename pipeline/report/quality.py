@@ -21,8 +21,8 @@ from pipeline.report.collect import RunData, Sample, spread
 QUALITY_SHARDS = 64  # shards whose score columns the histograms are drawn from
 LOWEST, GROUPS, GROUP_SIZE, PROMPTS = 8, 6, 4, 10
 SCORES = ("clip_score", "scene_match")  # histogrammed, and ranked for "lowest" in this order
-_EXTRA = ("key", "prompt", "status", "file", "id", "scene_failed", "variety", "accepted",
-          "attempt", "phash")
+_EXTRA = ("key", "prompt", "status", "file", "id", "scene_failed", "variety", "vendi",
+          "accepted", "attempt")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class QualityData:
     scores: dict[str, list[float]] = field(default_factory=dict)
     lowest: list[tuple[Sample, str]] = field(default_factory=list)
     duplicates: list[list[Sample]] = field(default_factory=list)
-    variety: list[tuple[str, float]] = field(default_factory=list)
+    variety: list[tuple[str, float | None, float | None]] = field(default_factory=list)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # attr: (right, of)
 
 
@@ -95,10 +95,11 @@ def _images(folder, writer, rows: list[tuple[str, dict]]) -> dict[str, bytes]:
     return images
 
 
-def _variety(done) -> list[tuple[str, float]]:
-    per_prompt = {r["id"]: (r["prompt"], r["variety"]) for _, r in done
-                  if r.get("variety") is not None}
-    return sorted(per_prompt.values(), key=lambda pv: pv[1])
+def _variety(done) -> list[tuple[str, float | None, float | None]]:
+    """(prompt, mean phash distance, Vendi score) per prompt, the least varied first."""
+    per_prompt = {r["id"]: (r["prompt"], r.get("variety"), r.get("vendi")) for _, r in done
+                  if r.get("variety") is not None or r.get("vendi") is not None}
+    return sorted(per_prompt.values(), key=lambda p: (p[1] if p[1] is not None else p[2]))
 
 
 def _labels(done) -> dict[str, tuple[int, int]]:

@@ -97,11 +97,15 @@ def _duplicates(q: QualityData) -> str:
 
 def _variety(q: QualityData) -> str:
     if not q.variety:
-        return "<p>One image per prompt, or no phash: no variety figure.</p>"
-    body = "".join(f"<tr><td>{_e(p)}</td><td class='num'>{v:.1f}</td></tr>"
-                   for p, v in q.variety[:10])
-    return ("<p>Mean pairwise phash distance (bits of 64) between a prompt's images; the "
-            "least varied first.</p><table><tr><th>prompt</th><th>bits</th></tr>"
+        return "<p>One image per prompt, or no phash/clip: no variety figure.</p>"
+
+    def cell(v) -> str:
+        return f"<td class='num'>{'' if v is None else f'{v:.1f}'}</td>"
+    body = "".join(f"<tr><td>{_e(p)}</td>{cell(bits)}{cell(vendi)}</tr>"
+                   for p, bits, vendi in q.variety[:10])
+    return ("<p>Mean pairwise phash distance (bits of 64) between a prompt's images, and "
+            "the Vendi score of their CLIP embeddings (distinct images, with clip); the least "
+            "varied first.</p><table><tr><th>prompt</th><th>bits</th><th>Vendi</th></tr>"
             f"{body}</table>")
 
 

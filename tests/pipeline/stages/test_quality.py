@@ -266,6 +266,14 @@ def test_vendi_score_of_each_prompts_clip_embeddings(tmp_path, tiny_clip):
     noise = [r for r in rows if r["prompt"] not in SCENES]  # seeded noise: three different
     assert all(1.0 < r["vendi"] <= 3.0 + 1e-6 for r in noise)
     assert markers[0]["quality"]["vendi_prompts"] == len(PROMPTS)
+    from pipeline.report.collect import RunData
+    from pipeline.report.quality import collect_quality
+    from pipeline.report.quality_render import quality_sections
+
+    q = collect_quality(OutputFolder(str(tmp_path / "still")), RunData({}, {}, markers))
+    assert q.variety[0][1] == 0 and q.variety[0][2] == pytest.approx(1.0, abs=1e-3)
+    assert q.variety[-1][2] > 1.0  # the noise prompts come last
+    assert "<th>Vendi</th>" in "".join(quality_sections(q))
 
 
 def test_safety_scorer_flags_and_scores_but_never_blacks_out(tmp_path):
