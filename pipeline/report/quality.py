@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.scenes import ATTRIBUTES
@@ -17,10 +18,11 @@ from pipeline.output.formats import get_format
 from pipeline.output.layout import DUPLICATES, SUCCESS, metadata_name
 from pipeline.output.storage import OutputFolder
 from pipeline.report.collect import RunData, Sample, spread
+from pipeline.stages.scorers import SCORERS, columns_of
 
 QUALITY_SHARDS = 64  # shards whose score columns the histograms are drawn from
 LOWEST, GROUPS, GROUP_SIZE, PROMPTS = 8, 6, 4, 10
-SCORES = ("clip_score", "scene_match")  # histogrammed, and ranked for "lowest" in this order
+RANKED = ("clip_score", "scene_match")  # what "lowest-scoring" ranks by, in this order
 _EXTRA = ("key", "prompt", "status", "file", "id", "scene_failed", "variety", "vendi",
           "accepted", "attempt")
 
@@ -50,7 +52,10 @@ def collect_quality(folder: OutputFolder, run: RunData) -> QualityData | None:
         return None
     data = QualityData(summary or {}, len(read))
     done = [(n, r) for n, shard in rows.items() for r in shard if r["status"] == "success"]
-    data.scores = {c: [r[c] for _, r in done if r.get(c) is not None] for c in SCORES}
+    scorers = ((run.job.get("spec") or {}).get("quality") or {}).get("scorers") or []
+    numeric = [c for c, kind in columns_of([s for s in scorers if s in SCORERS]).items()
+               if pa.types.is_floating(kind)]  # every score column of numbers: a histogram
+    data.scores = {c: [r[c] for _, r in done if r.get(c) is not None] for c in numeric}
     data.scores = {c: v for c, v in data.scores.items() if v}
     data.lowest = _lowest(folder, writer, done, data.scores)
     data.variety = _variety(done)
@@ -64,7 +69,10 @@ def _rows(folder: OutputFolder, name: str) -> list[dict]:
     def read() -> list[dict]:
         with folder.open(metadata_name(name)) as f:
             meta = pq.ParquetFile(f)
-            columns = [c for c in (*_EXTRA, *SCORES) if c in meta.schema_arrow.names]
+            numbers = [f.name for f in meta.schema_arrow
+                       if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
+            columns = [c for c in dict.fromkeys((*_EXTRA, *numbers))
+                       if c in meta.schema_arrow.names]
             return meta.read(columns=columns).to_pylist()
     return folder.call("reading", metadata_name(name), read)
 
@@ -72,7 +80,9 @@ def _rows(folder: OutputFolder, name: str) -> list[dict]:
 def _lowest(folder, writer, done, scores) -> list[tuple[Sample, str]]:
     if not scores or writer is None:
         return []
-    column = next(c for c in SCORES if c in scores)
+    column = next((c for c in RANKED if c in scores), None)
+    if column is None:
+        return []
     ranked = sorted(((r[column], n, r) for n, r in done if r.get(column) is not None),
                     key=lambda t: (t[0], t[2]["key"]))[:LOWEST]
     images = _images(folder, writer, [(n, r) for _, n, r in ranked])
