@@ -30,6 +30,8 @@ SIDE = {"small": 0.25, "large": 0.5}  # object extent as a fraction of the image
 ATTRIBUTES = ["colour", "background", "position", "shape", "size"]
 IDEAL_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 _RGB = np.array(list(PALETTE.values()), dtype=np.float32)  # (8, 3)
+_RGB_T = _RGB.astype(np.float64).T  # (3, 8)
+_RGB_SQ = (_RGB_T ** 2).sum(0)  # (8,)
 
 
 def caption(attrs: dict) -> str:
@@ -85,8 +87,13 @@ def _jitter(centre: float, half: float, big: int, rng: np.random.Generator) -> f
 
 
 def nearest_colour(pixels: np.ndarray) -> np.ndarray:
-    """Palette index of each RGB pixel, (..., 3) -> (...)."""
-    d = ((pixels[..., None, :].astype(np.float32) - _RGB) ** 2).sum(-1)
+    """Palette index of each RGB pixel, (..., 3) -> (...).
+
+    |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 is the same for every colour: one small
+    matrix product instead of a (..., 8, 3) difference (several times faster, so the scene
+    scorer keeps up with the store threads). Every term is an integer below 2^53, exact in
+    float64, so ties break as before."""
+    d = _RGB_SQ - 2 * (pixels.astype(np.float64) @ _RGB_T)  # (..., 8)
     return d.argmin(-1)
 
 

@@ -44,7 +44,11 @@ def write_bench_prompts(path: str, n: int) -> str:
     return path
 
 
-def bench_spec(args, prompts: str, output: str, options: dict | None = None) -> JobSpec:
+QUALITY_SCORERS = ["phash", "scene"]  # --quality: the cheap scorers the demo runs
+
+
+def bench_spec(args, prompts: str, output: str, options: dict | None = None,
+               scorers: list[str] = ()) -> JobSpec:
     raw = {"name": "bench", "input": {"path": prompts, "id_column": "id"},
            "model": {"family": args.family, "path": args.model},
            "generation": {"width": args.size, "height": args.size, "steps": args.steps},
@@ -52,7 +56,7 @@ def bench_spec(args, prompts: str, output: str, options: dict | None = None) -> 
                       "format": args.format},
            "runtime": {"batch_size": args.batch_size, "shard_size": args.shard_size,
                        "actors": 1, "cpus_per_actor": args.cpus, "progress_interval_s": 1},
-           "storage_options": options or {}}
+           "storage_options": options or {}, "quality": {"scorers": list(scorers)}}
     family = get_family(args.family)
     if not family.uses_steps:
         raw["generation"].pop("steps")
@@ -185,6 +189,10 @@ def format_report(results: dict[str, dict], args) -> str:
     for name, r in results.items():
         parts = ", ".join(f"{k} {r['stages'][k]:.2f}" for k in STAGES if k in r["stages"])
         lines.append(f"  {name:<9} {parts}")
+    if "quality" in results and _rate(results.get("local", {})):
+        lines.append(f"with {' + '.join(QUALITY_SCORERS)} scorers: "
+                     f"{_rate(results['quality']) / _rate(results['local']):.2f}x the throughput "
+                     "of local (the same pipeline without scorers)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"driver peak RSS {rss:.0f} MB (raw loop runs in the driver process)")
     if args.family == "null" and "local" in results:
@@ -272,6 +280,9 @@ def run_bench(args) -> str:
     modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
              "local": lambda: run_pipeline(bench_spec(args, prompts,
                                                       os.path.join(work, "local")))}
+    if getattr(args, "quality", False):  # right after local: the pair to compare
+        modes["quality"] = lambda: run_pipeline(bench_spec(
+            args, prompts, os.path.join(work, "quality"), scorers=QUALITY_SCORERS))
     if not args.skip_s3:
         modes["s3"] = lambda: with_moto(lambda options, bucket: run_pipeline(
             bench_spec(args, prompts, f"s3://{bucket}/run", options)))

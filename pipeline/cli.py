@@ -111,6 +111,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipeline.output.dedup import rerun_dedup
+    from pipeline.output.storage import OutputFolder
+
+    options = json.loads(args.storage_options) if args.storage_options else {}
+    summary = rerun_dedup(OutputFolder(args.output, options), args.threshold, args.bands)
+    print(f"{summary['groups']} duplicate groups, {summary['images']} images in them, of "
+          f"{summary['rows']} (Hamming <= {summary['threshold']}"
+          f"{'' if summary['phash'] else '; no phash column: exact copies only'}) -> "
+          f"{args.output.rstrip('/')}/_duplicates.parquet")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipeline.executor.submit import SubmitError, default_working_dir, follow_logs, submit
 
@@ -238,6 +251,8 @@ def _bench_command(sub) -> None:
     p.add_argument("--workdir", help="where inputs and outputs go (default: a temp folder)")
     p.add_argument("--skip-s3", action="store_true")
     p.add_argument("--skip-ray-data", action="store_true")
+    p.add_argument("--quality", action="store_true", help="also run the pipeline with the "
+                   "phash and scene scorers on (mode 'quality'), to compare with 'local'")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="rounds over all modes (interleaved); each mode reports its best")
     p.add_argument("--encode-size", type=int, default=512, metavar="PX",
@@ -282,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "goes beside it)")
     p.add_argument("--storage-options", help="JSON dict passed to fsspec")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("dedup", help="group near-duplicate and identical images of a "
+                       "committed output into OUTPUT/_duplicates.parquet")
+    p.add_argument("output", help="the job's output.path (any fsspec URL)")
+    p.add_argument("--threshold", type=int, help="max Hamming distance of two phashes "
+                   "(default: the job's quality.dedup_threshold)")
+    p.add_argument("--bands", type=int, help="LSH bands (default: quality.dedup_bands)")
+    p.add_argument("--storage-options", help="JSON dict passed to fsspec")
+    p.set_defaults(fn=cmd_dedup)
     p = sub.add_parser("train", help="train or fine-tune a gan/autoregressive model")
     p.add_argument("config", help="training config YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -15,6 +15,7 @@ from pipeline.input.duplicates import find_duplicate_ids
 from pipeline.input.resolve import resolve_input
 from pipeline.input.shards import KeyFormat, key_format, num_shards, plan_shards
 from pipeline.input.sources import InputError, InputSet
+from pipeline.output.dedup import write_duplicates
 from pipeline.output.layout import JOB, SUCCESS, marker_name
 from pipeline.output.lock import RunLock
 from pipeline.output.progress import Progress, committed_shards
@@ -231,12 +232,17 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
                             sorted(failed.items()))
         raise JobFailed(f"{len(failed)} of {plan.shards} shards failed; committed shards are "
                         f"kept and a rerun retries the rest:\n{reasons}")
-    manifest = write_success(folder, plan, repaired)
+    duplicates = None
+    if spec.quality.dedup:
+        duplicates = write_duplicates(folder, spec.quality.dedup_threshold,
+                                      spec.quality.dedup_bands)
+    manifest = write_success(folder, plan, repaired, duplicates)
     progress.close("complete")
     return manifest
 
 
-def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = ()) -> dict[str, Any]:
+def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = (),
+                  duplicates: dict | None = None) -> dict[str, Any]:
     """The job manifest: every shard with its counts and data checksums, written last."""
     markers = read_markers(folder, sorted(committed_shards(folder)))
     manifest = {
@@ -249,5 +255,28 @@ def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = ()) ->
     }
     if repaired:  # shards this run regenerated after they were lost or damaged
         manifest["repaired"] = list(repaired)
+    quality = quality_summary(markers, duplicates)
+    if quality:
+        manifest["quality"] = quality
     folder.write_json(SUCCESS, manifest)
     return manifest
+
+
+def quality_summary(markers: list[dict], duplicates: dict | None) -> dict[str, Any]:
+    """The markers' quality counts summed, the job's mean variety, and the duplicates."""
+    totals: dict[str, float] = {}
+    for m in markers:
+        for key, value in (m.get("quality") or {}).items():
+            totals[key] = totals.get(key, 0) + value
+    summary: dict[str, Any] = {k: v for k, v in totals.items()
+                               if not k.startswith(("variety", "vendi"))}
+    if totals.get("variety_prompts"):
+        summary["variety"] = {"prompts": int(totals["variety_prompts"]),
+                              "mean_phash_distance": round(totals["variety_sum"]
+                                                           / totals["variety_prompts"], 3)}
+    if totals.get("vendi_prompts"):  # the effective number of distinct images per prompt
+        summary.setdefault("variety", {})["mean_vendi"] = round(
+            totals["vendi_sum"] / totals["vendi_prompts"], 3)
+    if duplicates is not None:
+        summary["duplicates"] = duplicates
+    return summary

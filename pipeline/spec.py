@@ -137,6 +137,61 @@ class OutputSpec(_Section):
         return v
 
 
+class QualitySpec(_Section):
+    """Per-sample quality signals, best-of-n and near-duplicate groups (docs/quality.md)."""
+
+    scorers: list[str] = Field(default_factory=list, description="scorers of "
+                               "pipeline/stages/scorers: phash, scene, clip, safety")
+    clip_model: str | None = Field(None, description="CLIP folder or hub id (scorer clip)")
+    safety_model: str | None = Field(None, description="folder or hub id of a diffusers "
+                                     "StableDiffusionSafetyChecker and its CLIP image "
+                                     "processor (scorer safety)")
+    accept: str | None = Field(None, description="keep a draw when this holds, e.g. "
+                               "'clip_score >= 0.28 and scene_match == 1'; else redraw")
+    max_attempts: int = Field(1, ge=1, le=64, description="draws per sample with accept")
+    dedup: bool | Literal["auto"] = Field(
+        "auto", description="group duplicates after the job commits into "
+        "OUTPUT/_duplicates.parquet (exact copies by sha256, near ones by phash); 'auto' = "
+        "when any scorer runs")
+    dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
+                                 "phashes (of 64 bits) in one group")
+    dedup_bands: int = Field(4, ge=1, le=16, description="LSH bands of the 64 bits; pairs "
+                             "closer than this many bits are always found (docs/quality.md)")
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, v: list[str]) -> list[str]:
+        from pipeline.stages.scorers import scorer_names
+
+        for name in v:
+            if name not in scorer_names():
+                raise ValueError(f"Input should be {one_of(scorer_names())}; got {name!r}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a scorer twice: {v}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dedup_auto(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("dedup", "auto") == "auto":
+            return {**data, "dedup": bool(data.get("scorers"))}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualitySpec:
+        from pipeline.stages.accept import parse_accept
+        from pipeline.stages.scorers import numeric_columns
+
+        if "clip" in self.scorers and not self.clip_model:
+            raise ValueError("clip_model: required with the clip scorer (a folder or hub id)")
+        if "safety" in self.scorers and not self.safety_model:
+            raise ValueError("safety_model: required with the safety scorer (a folder or hub "
+                             "id, e.g. CompVis/stable-diffusion-safety-checker)")
+        if self.accept is not None:
+            parse_accept(self.accept, numeric_columns(self.scorers))
+        elif self.max_attempts > 1:
+            raise ValueError("max_attempts: needs quality.accept (what makes a draw good)")
+        return self
 
 
 class RuntimeSpec(_Section):
@@ -184,6 +239,7 @@ class JobSpec(_Section):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     @model_validator(mode="before")
@@ -206,11 +262,18 @@ class JobSpec(_Section):
     def fingerprint(self, input_signature: str = "") -> str:
         """Identifies what the output will contain; runtime knobs that don't change it are out."""
         content = self.model_dump(exclude={"runtime", "storage_options", "name"})
+        default = QualitySpec().model_dump()
         if content["model"]["factory"] is None:
             del content["model"]["factory"]  # keeps fingerprints of earlier runs valid
         content["input"].pop("allow_empty")  # what it changes shows in the input signature
         content["output"].pop("retries")
         content["output"].pop("retry_backoff_s")
+        # dedup runs after the shards commit: it changes none of them
+        for name in ("dedup", "dedup_threshold", "dedup_bands"):
+            content["quality"].pop(name)
+            default.pop(name)
+        if content["quality"] == default:
+            del content["quality"]  # keeps fingerprints of jobs from before quality existed
         content["shard_size"] = self.runtime.shard_size
         content["input_signature"] = input_signature
         blob = json.dumps(content, sort_keys=True, default=str).encode()

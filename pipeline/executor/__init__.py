@@ -25,6 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.executor.metrics import MeteredProgress
 from pipeline.input.shards import KeyFormat, Shard
+from pipeline.output.storage import StorageError
 from pipeline.spec import JobSpec
 
 log = logging.getLogger("synthset")
@@ -112,7 +113,7 @@ class GenerationActor:
             deterministic = self.device == "cpu"
         self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
                                   store_threads(self.spec.output.format, cpus),
-                                  overlap_encoding=self.device != "cpu")
+                                  overlap_encoding=self.device != "cpu", device=self.device)
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
         self.commits: dict[int, Future] = {}
 
@@ -323,7 +324,11 @@ class RayExecutor:
 
     def _retry(self, shard: Shard, reason: str) -> None:
         self.attempts[shard.id] += 1
-        marker = self.committed(shard.id)
+        try:
+            marker = self.committed(shard.id)
+        except StorageError as e:  # storage down: the attempt counts; the job fails cleanly
+            log.warning("shard %d: its marker cannot be read (%s)", shard.id, e)
+            marker = None
         if marker is not None and shard.retry_keys is None:
             # The commit landed and only its answer was lost (say, the actor died while
             # the commit call waited behind its next shard): a marker beats attempt counts.

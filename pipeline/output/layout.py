@@ -10,6 +10,7 @@ A job's output holds, at its top level:
 | ``SSSSS.parquet`` | an actor | per shard: one metadata row per requested image |
 | ``SSSSS/KEY.ext``, ``SSSSS.tar`` | an actor | per shard: the images, as the format keeps them |
 | ``SSSSS_stats.json`` | an actor | per shard, last: the commit marker |
+| ``_duplicates.parquet`` | the driver | before ``_SUCCESS``: duplicate groups (``dedup.py``) |
 | ``_SUCCESS`` | the driver | last of all: the job manifest |
 | ``report.html``, ``report.png`` | ``synthset report`` | on demand |
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 JOB = "_job.json"
 PROGRESS = "_progress.json"
 SUCCESS = "_SUCCESS"
+DUPLICATES = "_duplicates.parquet"
 LOCK_PREFIX = "_lock."
 REPORT_HTML, REPORT_PNG = "report.html", "report.png"
 MARKER_SUFFIX = "_stats.json"

@@ -131,6 +131,8 @@ def read_status(folder: OutputFolder) -> dict[str, Any]:
     if success:
         status.update(images_done=success["successes"], images_failed=success["failed"],
                       eta_s=0, repaired=success.get("repaired", []))
+        if success.get("quality"):  # scorer counts, best-of-n, variety, duplicate groups
+            status["quality"] = success["quality"]
     return _for_machines(status)
 
 

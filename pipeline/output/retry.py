@@ -18,13 +18,15 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 
 from pipeline.input.shards import Shard
-from pipeline.output.formats.base import ShardWriter
+from pipeline.output.formats.base import ShardWriter, sample_fields
 from pipeline.output.layout import JOB, SUCCESS, metadata_name
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import SpecError
 from pipeline.stages.samples import Sample, retryable
 
-CARRIED = ("status", "error_message", "sha256", "file", "truncated")
+# seed: best-of-n keeps a draw's derived seed, not the one the input gives
+CARRIED = ("status", "error_message", "sha256", "file", "truncated", "seed")
+ON_SAMPLE = ("attempt", "accepted", "variety", "vendi")  # quality columns that are not scores
 
 
 def check_retry(folder: OutputFolder, overwrite: bool) -> None:
@@ -48,7 +50,9 @@ def read_outcomes(folder: OutputFolder, shard_name: str) -> list[dict]:
 
     def read() -> list[dict]:
         with folder.open(name) as f:
-            return pq.read_table(f, columns=["key", *CARRIED]).to_pylist()
+            meta = pq.ParquetFile(f)
+            columns = ["key", *CARRIED, *sample_fields(meta.schema_arrow)]
+            return meta.read(columns=columns).to_pylist()
     return folder.call("reading", name, read)
 
 
@@ -89,4 +93,17 @@ def carry_over(folder: OutputFolder, writer: ShardWriter, samples: list[Sample],
             continue
         for column in CARRIED:
             setattr(s, column, row[column])
+        carry_scores(s, row)
     writer.carry({s.key: s.sha256 for s in samples if s.status == "success"})
+
+
+def carry_scores(sample: Sample, row: dict) -> None:
+    """A carried sample keeps its committed quality columns (``variety`` is recomputed; a
+    carried image has no CLIP embedding, so ``vendi`` counts only its regenerated peers)."""
+    for name, value in row.items():
+        if name in ("key", *CARRIED, "variety", "vendi"):
+            continue
+        if name in ON_SAMPLE:
+            setattr(sample, name, value)
+        elif value is not None:
+            sample.scores[name] = value

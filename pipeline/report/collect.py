@@ -45,6 +45,7 @@ class RunData:
     job: dict[str, Any]
     markers: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
+    quality: Any = None  # report.quality.QualityData (collect_quality), for scored jobs
 
     def failures(self) -> Counter:
         """Failed images by reason, summed over shards (each marker keeps its top 20)."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import time
 
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.report.collect import RunData, Sample
+from pipeline.report.images import THUMB, png_bytes, thumbnail
+from pipeline.report.quality_render import quality_sections
 
-THUMB = 128  # px: thumbnails are shown at their natural size, never scaled by the browser
+__all__ = ["THUMB", "contact_sheet", "png_bytes", "render_html", "thumbnail"]
 SHEET_COLUMNS = 6
 CAPTION_LINES = 3
 CHART_W, CHART_H = 960, 200
@@ -29,22 +30,6 @@ svg{background:#f7f8fa}
 """
 
 
-def thumbnail(data: bytes) -> Image.Image:
-    """An RGB thumbnail at most THUMB px a side; small images are enlarged pixel-exact."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = THUMB / max(img.size)
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    small = max(img.size) < THUMB
-    return img.resize(size, Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    """``img`` encoded as PNG."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def render_html(data: RunData) -> str:
     """The whole page as one string."""
     s = data.status
@@ -55,7 +40,8 @@ def render_html(data: RunData) -> str:
              "<h2>Throughput (images/s)</h2>", throughput_svg(data.markers),
              "<h2>Shard durations (s)</h2>", durations_svg(data.markers),
              "<h2>Time by stage</h2>", _stage_table(data.stage_seconds()),
-             "<h2>Failures by reason</h2>", _failure_table(data), "</body></html>"]
+             "<h2>Failures by reason</h2>", _failure_table(data),
+             *quality_sections(data.quality), "</body></html>"]
     return "\n".join(parts)
 
 

@@ -9,6 +9,7 @@ import posixpath
 from pipeline.output.layout import REPORT_HTML, REPORT_PNG
 from pipeline.output.storage import OutputFolder
 from pipeline.report.collect import collect
+from pipeline.report.quality import collect_quality
 from pipeline.report.render import contact_sheet, render_html
 
 log = logging.getLogger("synthset")
@@ -29,6 +30,7 @@ def write_report(folder: OutputFolder, out: str | None = None,
                  storage_options: dict | None = None) -> tuple[str, str]:
     """Write the HTML page and the PNG contact sheet; returns where they went."""
     data = collect(folder)
+    data.quality = collect_quality(folder, data)
     target, html_name, png_name = report_targets(folder, out, storage_options)
     target.write_bytes(html_name, render_html(data).encode())
     target.write_bytes(png_name, contact_sheet(data))

@@ -21,6 +21,7 @@ from pipeline.input.shards import Shard
 from pipeline.output.formats.base import ShardWriter
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import JobSpec
+from pipeline.stages.quality_columns import mark_sample_fields, quality_columns, quality_stats
 from pipeline.stages.samples import Sample, utf8_safe
 from pipeline.stages.store import StorePool
 
@@ -51,7 +52,10 @@ def commit_shard(run: ShardRun, spec: JobSpec, params: GenerationParams, model_i
     metadata = metadata_table(spec, params, model_id, run.table, run.samples)
     # timed before shard_stats so it reaches the marker; commit's uploads are in "uploads"
     run.timings["metadata"] += time.perf_counter() - t
-    return run.writer.commit(metadata, shard_stats(run, cache_stats))
+    stats = shard_stats(run, cache_stats)
+    if spec.quality.scorers or spec.quality.accept:
+        stats["quality"] = quality_stats(spec.quality, run.samples)
+    return run.writer.commit(metadata, stats)
 
 
 def shard_stats(run: ShardRun, cache_stats: dict) -> dict:
@@ -97,6 +101,8 @@ def metadata_table(spec: JobSpec, p: GenerationParams, model_id: str, table: pa.
         "steps": pa.array([p.steps] * len(samples), pa.int32()),
         "guidance_scale": pa.array([p.guidance_scale] * len(samples), pa.float32()),
     }
+    scores = quality_columns(spec.quality, spec.generation.images_per_prompt, samples)
+    columns.update(scores)
     used = {spec.input.prompt_column, spec.input.id_column, spec.input.seed_column,
             spec.input.negative_prompt_column}
     rows = pa.array([s.row for s in samples], pa.int64())
@@ -104,4 +110,4 @@ def metadata_table(spec: JobSpec, p: GenerationParams, model_id: str, table: pa.
         if name not in used:
             out = name if name not in columns else f"input_{name}"
             columns[out] = utf8_safe(table.column(name).take(rows))
-    return pa.table(columns)
+    return mark_sample_fields(pa.table(columns), scores) if scores else pa.table(columns)

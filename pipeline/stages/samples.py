@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -39,6 +39,10 @@ class Sample:
     truncated: bool = False
     sha256: str | None = None
     file: str | None = None
+    scores: dict = field(default_factory=dict)  # the quality scorers' columns
+    draws: int = 1  # images drawn for it (best-of-n redraws more)
+    attempt: int = 0  # which draw was kept
+    accepted: bool | None = None  # whether it passed quality.accept
 
     def fail(self, message: str) -> None:
         self.status, self.error_message = "error", message

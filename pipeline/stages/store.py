@@ -16,7 +16,9 @@ import numpy as np
 
 from pipeline.output.formats.base import ShardWriter
 from pipeline.stages.image import encode_image
+from pipeline.stages.quality import score_cheap
 from pipeline.stages.samples import Sample
+from pipeline.stages.scorers import Scorer
 
 
 def store_threads(output_format: str, cpus: int) -> int:
@@ -30,8 +32,10 @@ def store_threads(output_format: str, cpus: int) -> int:
 class StorePool:
     """Encodes and stores images on ``threads`` threads; ``settle`` marks samples stored."""
 
-    def __init__(self, threads: int, batch_size: int, image_format: str, quality: int):
+    def __init__(self, threads: int, batch_size: int, image_format: str, quality: int,
+                 scorers: list[Scorer] = ()):
         self.threads, self.image_format, self.quality = threads, image_format, quality
+        self.scorers = list(scorers)  # cheap ones, run beside encoding
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="synthset-io")
         self.in_flight = threading.BoundedSemaphore(max(2 * batch_size, 2 * threads))
 
@@ -56,7 +60,8 @@ class StorePool:
         for sample, pixels in chunk:
             data = encode_image(pixels, self.image_format, self.quality)
             name = writer.put_image(sample.key, data)
-            stored.append((hashlib.sha256(data).hexdigest(), name))
+            scores = score_cheap(self.scorers, pixels, sample.prompt) if self.scorers else {}
+            stored.append((hashlib.sha256(data).hexdigest(), name, scores))
         return stored, time.perf_counter() - t
 
     @staticmethod
@@ -67,6 +72,7 @@ class StorePool:
         except Exception as e:
             # Storage errors are not the samples' fault: fail the shard, no marker.
             raise RuntimeError(f"writing {samples[0].key}..{samples[-1].key} failed: {e}") from e
-        for sample, (sha256, name) in zip(samples, stored):
+        for sample, (sha256, name, scores) in zip(samples, stored):
             sample.sha256, sample.file, sample.status = sha256, name, "success"
+            sample.scores.update(scores)
         return seconds

@@ -8,7 +8,8 @@ in-process. The generating thread reads, encodes text and generates; images go t
 store pool per batch; each shard's commit runs on a commit thread while the next shard
 generates, so the generator is not kept waiting on them. A new per-sample stage (a
 quality scorer, best-of-n) slots in between ``generate`` and ``store`` in
-:meth:`ShardWorker._generate_all`.
+:meth:`ShardWorker._generate_all`, as the quality stage (quality.py) does: its model
+scorers and best-of-n run there, its cheap scorers on the store threads.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from pipeline.spec import JobSpec
 from pipeline.stages.commit import ShardRun, commit_shard
 from pipeline.stages.generate import Generator, generation_params
 from pipeline.stages.image import EXTENSIONS, encode_image
+from pipeline.stages.quality import QualityStage
 from pipeline.stages.read import read_shard
 from pipeline.stages.samples import utf8_safe
+from pipeline.stages.scorers import make_scorers
 from pipeline.stages.store import StorePool, store_threads
 from pipeline.stages.text import TextEncoder
 
@@ -56,7 +59,7 @@ class ShardWorker:
 
     def __init__(self, spec: JobSpec, model: ImageModel, keys: KeyFormat, folder: OutputFolder,
                  deterministic: bool, io_threads: int | None = None,
-                 overlap_encoding: bool = False):
+                 overlap_encoding: bool = False, device: str = "cpu"):
         self.spec, self.model, self.keys, self.folder = spec, model, keys, folder
         self.params = generation_params(spec, model)
         model.warmup(self.params)  # one bucket per job: (width, height, steps) are job-wide
@@ -67,6 +70,10 @@ class ShardWorker:
         threads = io_threads or store_threads(spec.output.format, os.cpu_count() or 1)
         self.store = StorePool(threads, spec.runtime.batch_size, spec.output.image_format,
                                spec.output.quality)
+        self.quality = QualityStage(spec.quality, make_scorers(spec.quality, device),
+                                    self.generate, self.store.pool)
+        if self.quality.scores_on_store:  # cheap scorers beside encoding, off the draw path
+            self.store.scorers = self.quality.cheap
         # Encoding the next batch while this one generates pays on a GPU; on CPU the two
         # torch ops fight over the same cores (measured: generation 2.5x slower).
         self.prefetch = (ThreadPoolExecutor(1, thread_name_prefix="synthset-prefetch")
@@ -132,6 +139,7 @@ class ShardWorker:
                 ahead = self.prefetch.submit(self.text, batches[k + 1], timings)
             images = self.generate(batch, timings, embedded)
             drawn = [(s, pixels) for s, pixels in zip(batch, images) if pixels is not None]
+            drawn = self.quality(drawn, timings)  # model scorers; best-of-n redraws
             pending.extend(self.store.submit(writer, drawn))
             if on_progress:
                 on_progress(len(drawn), len(batch) - len(drawn))
@@ -139,8 +147,13 @@ class ShardWorker:
 
     def _warm_io(self) -> None:
         """Pay one-time costs before the actor reports ready, not inside the first shard
-        (where the import lock stalls every shard thread): Arrow's first full validation
-        and the image codec (the writers' pyarrow.compute import came with the registry)."""
+        (where the import lock stalls every shard thread): Arrow's first full validation,
+        the image codec (the writers' pyarrow.compute import came with the registry), and the
+        cheap quality scorers."""
         utf8_safe(pa.chunked_array([pa.array([""])]))
         encode_image(np.full((8, 8, 3), 128, np.uint8), self.spec.output.image_format,
                      self.spec.output.quality)
+        # a scorer's first call imports its library (imagehash pulls in scipy): not in a shard
+        pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        for scorer in self.quality.cheap:
+            scorer.score(pixels, "warm-up")

@@ -55,3 +55,19 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
 def test_bench_plans_a_generated_parquet(tmp_path):
     report = run_bench(_bench_args(tmp_path, plan_rows=200_000))
     assert report.startswith("plan of 200,000 prompts") and "200 shards" in report, report
+
+
+def test_bench_quality_mode_runs_the_scorers_and_prints_the_ratio(ray_local, tmp_path):
+    report = run_bench(_bench_args(tmp_path, prompts=64, skip_s3=True, skip_ray_data=True,
+                                   encode_size=0, repeat=1, quality=True))
+    table = {cells[0]: cells for cells in map(str.split, report.split("per-stage")[0]
+                                              .splitlines()) if cells and cells[0] in
+             ("raw", "local", "quality")}
+    assert set(table) == {"raw", "local", "quality"} and int(table["quality"][1]) == 64
+    ratio = float(report.split("scorers: ")[1].split("x")[0])
+    assert abs(ratio - float(table["quality"][3]) / float(table["local"][3])) < 0.02, report
+    scored = pq.read_table(tmp_path / "quality" / "00000.parquet", columns=["phash"])
+    assert scored.column("phash").null_count == 0  # the quality mode really scored
+    assert not os.path.exists(tmp_path / "local" / "_duplicates.parquet")  # local: none
+    assert os.path.exists(tmp_path / "quality" / "_duplicates.parquet")
+    print(report)

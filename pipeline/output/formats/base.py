@@ -36,6 +36,15 @@ from pipeline.output.storage import OutputFolder, StorageError, json_bytes
 log = logging.getLogger("synthset")
 
 
+SAMPLE_FIELD = {b"synthset": b"sample"}  # field metadata: a per-sample quality column
+
+
+def sample_fields(schema: pa.Schema) -> list[str]:
+    """The columns a job's quality stage flagged as per-sample fields (``SAMPLE_FIELD``):
+    they go into each WebDataset sample's JSON and are carried over on a retry."""
+    return [f.name for f in schema if f.metadata and f.metadata.get(b"synthset") == b"sample"]
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")

@@ -16,7 +16,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.output.formats.base import ShardCheck, parquet_bytes
+from pipeline.output.formats.base import ShardCheck, parquet_bytes, sample_fields
 from pipeline.output.formats.packed import SPOOL_MEMORY_BYTES, PackedWriter
 from pipeline.output.layout import metadata_name
 from pipeline.output.storage import OutputFolder, StorageError
@@ -46,10 +46,11 @@ class WebDatasetShardWriter(PackedWriter):
 
     def write_tar(self, f, table: pa.Table) -> None:
         """Members in key order with fixed metadata, so equal images give an equal tar."""
+        fields = json_fields(table.schema)
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for row in table.filter(pc.equal(table["status"], "success")).to_pylist():
                 key = row["key"]
-                meta = {k: row.get(k) for k in TAR_JSON_FIELDS}
+                meta = {k: row.get(k) for k in fields}
                 meta["negative_prompt"] = meta["negative_prompt"] or ""
                 _add_member(tar, f"{key}.{self.extension}", self.spool.get(key))
                 _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True,
@@ -92,6 +93,12 @@ class WebDatasetShardWriter(PackedWriter):
         for key in sorted(members):
             c.problem(f"{name}: members for key {key}, which has no successful row")
         return set()
+
+
+def json_fields(schema: pa.Schema) -> tuple[str, ...]:
+    """The sample JSON's keys: the fixed ones, then the columns a job's quality scorers
+    flagged as per-sample (field metadata ``synthset: sample``), the same in every row."""
+    return TAR_JSON_FIELDS + tuple(sample_fields(schema))
 
 
 def _member_digests(folder: OutputFolder, name: str) -> dict[str, dict[str, str]]:

@@ -1,0 +1,115 @@
+"""``synthset dedup``: near-duplicate and exact-duplicate groups across a whole output.
+
+After every shard commits (and on demand on any committed output), the ``phash`` and
+``sha256`` columns of the successful rows are streamed from the shard Parquets a row group
+at a time into local spill files; ``lsh.near_pairs`` joins phashes within
+``quality.dedup_threshold`` bits and equal sha256s (their first 64 bits: a chance
+collision among 10 million images is about 3 in a million), in bounded memory. The
+result, ``_duplicates.parquet``, has one row per image in a group of two or more:
+``key``, ``group`` and ``representative`` (the group's first key).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.output.formats.base import parquet_bytes
+from pipeline.output.layout import DUPLICATES, JOB, SUCCESS, metadata_name
+from pipeline.output.lsh import SpillFile, UnionFind, near_pairs
+from pipeline.output.progress import committed_shards
+from pipeline.output.storage import OutputFolder
+
+log = logging.getLogger("synthset")
+SCHEMA = pa.schema([("key", pa.string()), ("group", pa.int64()),
+                    ("representative", pa.string())])
+
+
+def _row_groups(folder: OutputFolder, names: list[str], columns: list[str]) -> Iterator:
+    """The successful rows of each shard, ``columns`` only, a row group at a time."""
+    for name in names:
+        with folder.open(metadata_name(name)) as f:
+            meta = pq.ParquetFile(f)
+            wanted = [c for c in columns if c in meta.schema_arrow.names]
+            for i in range(meta.num_row_groups):
+                table = meta.read_row_group(i, columns=["status", *wanted])
+                yield table.filter(pc.equal(table["status"], "success"))
+
+
+def _as_u64(column: pa.ChunkedArray, instead: pa.ChunkedArray | None = None) -> np.ndarray:
+    """Hex strings (their first 16 digits) as uint64. A null takes its value from
+    ``instead`` (the row's sha256): an unhashed image then only matches its exact copies."""
+    if instead is not None and column.null_count:
+        column = pc.if_else(pc.is_null(column), instead, column)
+    text = pc.utf8_slice_codeunits(column, 0, 16).to_pylist()
+    return np.array([int(t, 16) for t in text], np.uint64)
+
+
+def find_groups(folder: OutputFolder, threshold: int = 4, bands: int = 4,
+                max_rows: int = 1 << 21) -> tuple[pa.Table, dict]:
+    """The duplicate groups of a committed output, and the search's stats."""
+    names = sorted(committed_shards(folder))
+    with SpillFile() as phash, SpillFile() as sha:
+        has_phash = False
+        for table in _row_groups(folder, names, ["phash", "sha256"]):
+            has_phash |= "phash" in table.column_names
+            sha.append(_as_u64(table["sha256"]))
+            if "phash" in table.column_names:
+                phash.append(_as_u64(table["phash"], table["sha256"]))
+        found, stats = near_pairs(sha, 0, 1, max_rows)  # exact copies: equal sha256 prefix
+        if has_phash and phash.rows == sha.rows:
+            found, near = near_pairs(phash, threshold, bands, max_rows, found)
+            stats = {k: stats[k] + near[k] if k != "max_rows_held" else max(stats[k], near[k])
+                     for k in stats}
+        stats["rows"] = sha.rows
+    table = _group_table(folder, names, found)
+    stats.update(groups=len(set(table["group"].to_pylist())), images=table.num_rows,
+                 phash=has_phash, threshold=threshold)
+    return table, stats
+
+
+def _group_table(folder: OutputFolder, names: list[str], found: UnionFind) -> pa.Table:
+    """Rows of the groups, keys read back for the grouped rows only."""
+    groups = found.groups()
+    member = {row: lead for lead, rows in groups.items() for row in rows}
+    keys: dict[int, str] = {}
+    start = 0
+    for table in _row_groups(folder, names, ["key"]):
+        for i, key in enumerate(table["key"].to_pylist()):
+            if start + i in member:
+                keys[start + i] = key
+        start += table.num_rows
+    ordered = sorted(groups.values(), key=lambda rows: keys[rows[0]])
+    out = [(keys[r], g, keys[rows[0]]) for g, rows in enumerate(ordered) for r in rows]
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, o)) for o in out], schema=SCHEMA)
+
+
+def write_duplicates(folder: OutputFolder, threshold: int = 4, bands: int = 4) -> dict:
+    """Write ``_duplicates.parquet``; returns the summary ``_SUCCESS`` keeps."""
+    table, stats = find_groups(folder, threshold, bands)
+    folder.write_bytes(DUPLICATES, parquet_bytes(table))
+    log.info("duplicates of %s: %d groups, %d images (%d candidates compared)",
+             folder.display(), stats["groups"], stats["images"], stats["candidates"])
+    return {k: stats[k] for k in ("groups", "images", "rows", "threshold", "phash")}
+
+
+def rerun_dedup(folder: OutputFolder, threshold: int | None = None,
+                bands: int | None = None) -> dict:
+    """``synthset dedup``: regroup a committed output (defaults from its ``_job.json``);
+    a complete job's ``_SUCCESS`` gets the new summary."""
+    job = folder.read_json(JOB)
+    if job is None:
+        raise FileNotFoundError(f"{folder.display()} holds no synthset job ({JOB} missing)")
+    quality = job["spec"].get("quality") or {}
+    summary = write_duplicates(folder, quality.get("dedup_threshold", 4) if threshold is None
+                               else threshold, bands or quality.get("dedup_bands", 4))
+    manifest = folder.read_json(SUCCESS)
+    if manifest is not None:
+        manifest.setdefault("quality", {})["duplicates"] = summary
+        folder.write_json(SUCCESS, manifest)
+    return summary

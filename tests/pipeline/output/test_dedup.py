@@ -1,0 +1,187 @@
+"""Duplicate groups across a whole output: a planted set run through real shard workers
+(exact copies, JPEG re-encodes, one-pixel shifts, distinct scenes), ``synthset dedup``,
+and the LSH search's memory bound on a million hashes."""
+
+import io
+import itertools
+import json
+import time
+import tracemalloc
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from models import scenes
+from models.base import ImageModel
+from pipeline.cli import main
+from pipeline.input.shards import plan_shards
+from pipeline.output.dedup import find_groups, write_duplicates
+from pipeline.output.lsh import band_slices, near_pairs, spill_all
+from pipeline.output.storage import OutputFolder
+from pipeline.output.verify import verify_output
+from pipeline.runner import claim_output, make_plan, write_success
+from pipeline.spec import build_spec
+from pipeline.stages.worker import ShardWorker
+from tests.conftest import write_prompts
+from tests.pipeline.stages.scene_model import TextEmbeds
+
+GEOMETRIES = list(itertools.product(scenes.SIZES, scenes.SHAPES, scenes.POSITIONS))[::2]
+
+
+def textured_scene(i: int, size: int = 64) -> np.ndarray:
+    """Scene ``i`` (its own layout) with shading and grain, as generated images have."""
+    s, shape, position = GEOMETRIES[i]
+    colours = scenes.COLOURS
+    attrs = dict(size=s, shape=shape, position=position, colour=colours[i % 8],
+                 background=colours[(i + 3) % 8])
+    rng = np.random.default_rng(i)
+    img = scenes.render(attrs, size, rng).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    tilt = rng.uniform(-30, 30, 3)
+    img += (tilt[0] * xx + tilt[1] * yy + tilt[2] * xx * yy)[..., None]
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def jpeg_copy(pixels: np.ndarray, quality: int = 95) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def shifted(pixels: np.ndarray) -> np.ndarray:
+    """One pixel to the right, the first column repeated."""
+    out = np.roll(pixels, 1, axis=1)
+    out[:, 0] = pixels[:, 0]
+    return out
+
+
+PLANTED = {"copy": lambda i: textured_scene(i), "jpeg": lambda i: jpeg_copy(textured_scene(i)),
+           "shift": lambda i: shifted(textured_scene(i))}
+
+
+class PlantedModel(ImageModel):
+    """``scene I`` draws scene I; ``copy I``, ``jpeg I`` and ``shift I`` its altered copies."""
+
+    model_id, native_size = "planted", (64, 64)
+
+    def encode_prompt(self, prompts, negative_prompts=None):
+        return TextEmbeds(list(prompts), [False] * len(prompts))
+
+    def generate(self, embeds, seeds, params):
+        out = []
+        for prompt in embeds.prompts:
+            kind, i = prompt.split()
+            out.append(textured_scene(int(i)) if kind == "scene" else PLANTED[kind](int(i)))
+        return np.stack(out)
+
+
+PROMPTS = ([f"scene {i}" for i in range(len(GEOMETRIES))]
+           + ["copy 0", "copy 0", "jpeg 1", "shift 2", "jpeg 3", "copy 3"])
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A committed output of the planted set, shards of 5 so groups span shards."""
+    tmp = tmp_path_factory.mktemp("planted")
+    spec = build_spec({"input": {"path": write_prompts(tmp / "p.parquet", PROMPTS)},
+                       "model": {"family": "null"}, "output": {"path": str(tmp / "out")},
+                       "runtime": {"shard_size": 5, "batch_size": 4},
+                       "quality": {"scorers": ["phash"]}})
+    plan = make_plan(spec)
+    folder = OutputFolder(spec.output.path)
+    claim_output(folder, plan, False)
+    worker = ShardWorker(spec, PlantedModel(), plan.keys, folder, True)
+    for shard in plan_shards(plan.inputs, 5):
+        worker.run(shard)
+    write_success(folder, plan)
+    rows = [r for p in sorted((tmp / "out").glob("?????.parquet")) for r in pq.read_table(p)
+            .to_pylist()]
+    return folder, rows
+
+
+def _groups(table) -> set[frozenset]:
+    by_group: dict[int, set] = {}
+    for r in table.to_pylist():
+        by_group.setdefault(r["group"], set()).add(r["key"])
+    return {frozenset(g) for g in by_group.values()}
+
+
+def test_planted_copies_group_and_distinct_scenes_do_not(planted):
+    folder, rows = planted
+    key = {r["prompt"]: r["key"] for r in rows if r["prompt"] != "copy 0"}
+    copies0 = {r["key"] for r in rows if r["prompt"] == "copy 0"}
+    summary = write_duplicates(folder, threshold=4)
+    table = pq.read_table(folder.display("_duplicates.parquet"))
+    groups = _groups(table)
+    assert frozenset({key["scene 0"], *copies0}) in groups  # exact copies (equal sha256)
+    assert frozenset({key["scene 1"], key["jpeg 1"]}) in groups  # re-encoded
+    assert frozenset({key["scene 3"], key["jpeg 3"], key["copy 3"]}) in groups
+    # every other scene is alone: no false groups among distinct renders
+    grouped = set().union(*groups)
+    assert not grouped & {key[f"scene {i}"] for i in range(4, len(GEOMETRIES))}
+    assert summary["groups"] == len(groups) and summary["rows"] == len(PROMPTS)
+    for r in table.to_pylist():  # the representative is the group's first key
+        assert r["representative"] == min(k for g in groups if r["key"] in g for k in g)
+    assert verify_output(folder).ok  # _duplicates.parquet is bookkeeping, not an orphan
+
+
+@pytest.mark.xfail(strict=True, reason="imagehash's 64-bit pHash moves 8-30 bits when a "
+                   "64-px image shifts by one pixel (measured; see docs/quality.md)")
+def test_one_pixel_shift_groups_at_the_default_threshold(planted):
+    folder, rows = planted
+    key = {r["prompt"]: r["key"] for r in rows}
+    table, _ = find_groups(folder, threshold=4)
+    assert frozenset({key["scene 2"], key["shift 2"]}) in _groups(table)
+
+
+def test_dedup_command_reruns_with_another_threshold(planted, capsys):
+    folder, rows = planted
+    key = {r["prompt"]: r["key"] for r in rows if r["prompt"] != "copy 0"}
+    h = {r["prompt"]: int(r["phash"], 16) for r in rows}
+    shift_bits = (h["scene 2"] ^ h["shift 2"]).bit_count()
+    assert main(["dedup", folder.display(), "--threshold", str(shift_bits), "--bands",
+                 str(shift_bits + 1)]) == 0
+    assert "duplicate groups" in capsys.readouterr().out
+    groups = _groups(pq.read_table(folder.display("_duplicates.parquet")))
+    assert frozenset({key["scene 2"], key["shift 2"]}) in groups
+    manifest = json.loads(open(folder.display("_SUCCESS")).read())
+    assert manifest["quality"]["duplicates"]["threshold"] == shift_bits
+    assert main(["dedup", folder.display(), "--threshold", "0"]) == 0
+    groups = _groups(pq.read_table(folder.display("_duplicates.parquet")))
+    assert shift_bits > 0 and not any(key["shift 2"] in g for g in groups)
+    assert any(key["scene 0"] in g and len(g) == 3 for g in groups)  # exact copies still
+
+
+def test_band_slices_cover_the_64_bits():
+    for bands in (1, 4, 5, 16):
+        slices = band_slices(bands)
+        assert sum(w for _, w in slices) == 64 and slices[0][0] == 0
+        assert all(s + w == nxt for (s, w), (nxt, _) in zip(slices, slices[1:]))
+
+
+def test_a_million_hashes_in_bounded_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    n, budget = 1_000_000, 1 << 16
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
+    planted = {i * 9973: i * 9973 + 7 for i in range(1, 50)}  # pairs 2 bits apart
+    for a, b in planted.items():
+        hashes[b] = hashes[a] ^ np.uint64(0b101 << (a % 60))
+    spill = spill_all(np.array_split(hashes, 40), str(tmp_path))
+    del hashes
+    tracemalloc.start()
+    t = time.perf_counter()
+    found, stats = near_pairs(spill, threshold=4, bands=4, max_rows=budget)
+    seconds = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    spill.close()
+    groups = found.groups()
+    assert {tuple(g) for g in groups.values()} >= {(a, b) for a, b in planted.items()}
+    assert len(groups) <= len(planted) + 2  # random 64-bit hashes almost never collide
+    assert stats["max_rows_held"] <= 1.1 * budget  # a pass holds one partition of a band
+    assert peak < 8 * n  # less than the bare hash column itself (8 MB)
+    print(f"1M hashes: {seconds:.1f} s, peak {peak / 1e6:.1f} MB traced, {stats}")
+    assert seconds < 60, seconds
