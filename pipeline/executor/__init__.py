@@ -25,7 +25,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.executor.metrics import MeteredProgress
 from pipeline.input.shards import KeyFormat, Shard
-from pipeline.output.storage import StorageError
 from pipeline.spec import JobSpec
 
 log = logging.getLogger("synthset")
@@ -324,11 +323,7 @@ class RayExecutor:
 
     def _retry(self, shard: Shard, reason: str) -> None:
         self.attempts[shard.id] += 1
-        try:
-            marker = self.committed(shard.id)
-        except StorageError as e:  # storage down: the attempt counts; the job fails cleanly
-            log.warning("shard %d: its marker cannot be read (%s)", shard.id, e)
-            marker = None
+        marker = self.committed(shard.id)  # None also when storage cannot say (an outage)
         if marker is not None and shard.retry_keys is None:
             # The commit landed and only its answer was lost (say, the actor died while
             # the commit call waited behind its next shard): a marker beats attempt counts.
