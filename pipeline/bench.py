@@ -98,8 +98,9 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
 def run_pipeline(spec: JobSpec) -> dict[str, Any]:
     """The full pipeline; steady time spans the first shard's start to the driver learning
     of the last commit (Ray Data's span ends when ``write_parquet`` returns)."""
+    from pipeline.output.manifest import read_markers
     from pipeline.output.progress import PROGRESS, committed_shards
-    from pipeline.runner import open_output, read_markers, run_job
+    from pipeline.runner import open_output, run_job
 
     start = time.perf_counter()
     manifest = run_job(spec, overwrite=True, show_progress=False)
@@ -268,6 +269,10 @@ def run_bench(args) -> str:
     os.makedirs(work, exist_ok=True)
     if args.plan_rows:
         return plan_scale(args.plan_rows, work)
+    if getattr(args, "markers", None):
+        from pipeline.scale import scale_report
+
+        return scale_report(args.markers, work, args.markers_on)
     prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts)
     modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
              "local": lambda: run_pipeline(bench_spec(args, prompts,

@@ -65,17 +65,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     from pipeline.output.formats import get_format
+    from pipeline.output.manifest import read_entries, shards_committed
+    from pipeline.runner import open_output
 
     out = spec.output.path.rstrip("/")
     print(f"done: {manifest['successes']} images, {manifest['failed']} failed, "
-          f"{len(manifest['shards'])} shards in {out}")
+          f"{shards_committed(manifest)} shards in {out}")
     if manifest.get("repaired"):
         print(f"  repaired: {len(manifest['repaired'])} shard(s) regenerated "
               f"({', '.join(manifest['repaired'][:10])})")
-    if not manifest["shards"]:
+    if not shards_committed(manifest):
         print(f"  the input had no rows (input.allow_empty): {out}/_SUCCESS lists no shards")
         return 0
-    first = manifest["shards"][0]["shard_name"]
+    first = read_entries(open_output(spec), manifest, ("shard_name",))[0]["shard_name"]
     print(f"  look at: {get_format(spec.output.format).look_at(out, first)};\n"
           f"  synthset status {out}; synthset report {out} (writes {out}/report.html)")
     return 0
@@ -244,6 +246,11 @@ def _bench_command(sub) -> None:
                    help="also time image encoding at PX² on threads vs processes (0: skip)")
     p.add_argument("--plan-rows", type=int, metavar="N",
                    help="instead: time planning an N-prompt Parquet, with driver memory")
+    p.add_argument("--markers", type=int, metavar="N",
+                   help="instead: write N committed markers and time resume, status, verify's "
+                   "planning and the _SUCCESS write (the driver at N shards)")
+    p.add_argument("--markers-on", default="local", choices=["local", "s3", "both"],
+                   help="where --markers writes: a local folder, moto S3, or both")
     p.set_defaults(fn=cmd_bench)
 
 

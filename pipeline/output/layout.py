@@ -10,7 +10,8 @@ A job's output holds, at its top level:
 | ``SSSSS.parquet`` | an actor | per shard: one metadata row per requested image |
 | ``SSSSS/KEY.ext``, ``SSSSS.tar`` | an actor | per shard: the images, as the format keeps them |
 | ``SSSSS_stats.json`` | an actor | per shard, last: the commit marker |
-| ``_SUCCESS`` | the driver | last of all: the job manifest |
+| ``_manifest.parquet`` | the driver | at the end, just before ``_SUCCESS``: one row per shard |
+| ``_SUCCESS`` | the driver | last of all: the job's summary (the manifest's name and sha256) |
 | ``report.html``, ``report.png`` | ``synthset report`` | on demand |
 
 Names starting with ``_`` are bookkeeping, never data (WebDataset and ``datasets`` skip them).
@@ -21,6 +22,7 @@ from __future__ import annotations
 JOB = "_job.json"
 PROGRESS = "_progress.json"
 SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.parquet"
 LOCK_PREFIX = "_lock."
 REPORT_HTML, REPORT_PNG = "report.html", "report.png"
 MARKER_SUFFIX = "_stats.json"

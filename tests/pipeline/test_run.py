@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.output.manifest import read_entries
 from pipeline.output.progress import read_status
 from pipeline.output.storage import OutputFolder
 from pipeline.runner import run_job
@@ -32,7 +33,7 @@ def _images_by_id(out) -> dict:
     del rows
     result = {}
     for name in sorted(os.listdir(out)):
-        if name.endswith(".parquet"):
+        if name.endswith(".parquet") and not name.startswith("_"):  # _manifest.parquet
             for r in pq.read_table(os.path.join(out, name)).to_pylist():
                 result[(r["id"], r["image_index"])] = r["sha256"]
     return result
@@ -46,8 +47,9 @@ def test_end_to_end_files_layout(ray_local, tmp_path, tiny_gan):
     manifest = run_job(spec, show_progress=False)
     out = tmp_path / "out"
     assert sorted(n for n in os.listdir(out) if not n[0].isdigit()) == [
-        "_SUCCESS", "_job.json", "_progress.json"]
-    assert [m["shard_name"] for m in manifest["shards"]] == ["00000", "00001", "00002"]
+        "_SUCCESS", "_job.json", "_manifest.parquet", "_progress.json"]
+    entries = read_entries(OutputFolder(str(out)), manifest)
+    assert [m["shard_name"] for m in entries] == ["00000", "00001", "00002"]
     assert manifest["successes"] == 26 and manifest["failed"] == 4
     rows = [r for n in ("00000", "00001", "00002")
             for r in pq.read_table(out / f"{n}.parquet").to_pylist()]
@@ -171,7 +173,7 @@ def test_a_zero_row_input_fails_unless_allowed(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["run", str(job), "--quiet", "--set", "input.allow_empty=true"]) == 0
     assert "the input had no rows" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["shards"] == []
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["shards_committed"] == 0
 
 
 def test_the_closing_hint_names_real_paths(ray_local, tmp_path, tiny_gan, capsys):
