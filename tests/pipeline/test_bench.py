@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bench import run_bench
 
-MODES = ("raw", "local", "s3", "ray-data")
+MODES = ("raw", "invariant", "local", "s3", "ray-data")
 
 
 def _bench_args(tmp_path, **over) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
     # the ratios are the rates divided, not estimates
     local, raw, rd = (float(table[m][3]) for m in ("local", "raw", "ray-data"))
     assert abs(float(table["local"][5]) - local / raw) < 0.01
+    # batch invariance (each image drawn alone) is its own row, priced against the plain loop
+    assert abs(float(table["invariant"][5]) - float(table["invariant"][3]) / raw) < 0.01
     assert abs(float(table["local"][6]) - local / rd) < 0.01
     assert "rounds=2" in report and all(0 <= int(c[4].rstrip("%")) < 100 for c in table.values())
     # uploads: objects and MiB per second, from what the markers counted
@@ -55,3 +57,29 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
 def test_bench_plans_a_generated_parquet(tmp_path):
     report = run_bench(_bench_args(tmp_path, plan_rows=200_000))
     assert report.startswith("plan of 200,000 prompts") and "200 shards" in report, report
+
+
+def test_the_raw_loop_is_one_pipeline_call_per_batch_and_invariance_one_per_image():
+    import types
+
+    import torch
+
+    from models.base import GenerationParams
+    from pipeline.bench import _draw_alone, _draw_batch
+
+    calls = []
+
+    def pipe(**kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(images=[0] * len(kwargs["prompt"]))
+    pipe.device = torch.device("cpu")
+    model = types.SimpleNamespace(pipe=pipe, encode_prompt=lambda p: ("embeds", p),
+                                  generate=lambda e, s, p: calls.append((e, s)))
+    params = GenerationParams(64, 64, steps=4, guidance_scale=7.5)
+    _draw_batch(model, ["a", "b", "c"], [1, 2, 3], params)
+    assert len(calls) == 1 and calls[0]["prompt"] == ["a", "b", "c"]
+    assert [g.initial_seed() for g in calls[0]["generator"]] == [1, 2, 3]
+    assert calls[0]["num_inference_steps"] == 4 and calls[0]["guidance_scale"] == 7.5
+    calls.clear()
+    _draw_alone(model, ["a", "b"], [1, 2], params)
+    assert calls == [(("embeds", ["a"]), [1]), (("embeds", ["b"]), [2])]
