@@ -120,8 +120,10 @@ def _size(folder: OutputFolder, names: tuple[str, ...]) -> int:
 def run_scale(shards: int, url: str, options: dict | None = None) -> list[dict[str, Any]]:
     """Write a ``shards``-shard job with every marker committed under ``url``; time the
     driver's steps on it. Returns one row per step."""
-    from pipeline.output.layout import MANIFEST, SUCCESS
-    from pipeline.output.progress import read_status
+    from pipeline.output.layout import JOB, MANIFEST, SUCCESS
+    from pipeline.output.manifest import Ledger
+    from pipeline.output.progress import committed_shards, read_status
+    from pipeline.output.retry import drop_success
     from pipeline.runner import _pending, claim_output, make_plan, run_job, write_success
 
     spec = scale_spec(shards, url, options)
@@ -134,17 +136,29 @@ def run_scale(shards: int, url: str, options: dict | None = None) -> list[dict[s
         return result
 
     plan = step("plan", lambda: make_plan(spec))
-    claim_output(folder, plan, overwrite=True)
     names = [plan.keys.shard_name(i) for i in range(shards)]
-    rows.append({"step": f"write {shards:,} markers (+2 objects each)",
-                 "seconds": write_markers(folder, names)})
+    job = folder.read_json(JOB)
+    if job and job["fingerprint"] == plan.fingerprint and \
+            len(committed_shards(folder)) == shards:
+        drop_success(folder)  # written by an earlier measurement: reuse its markers
+    else:
+        claim_output(folder, plan, overwrite=True)
+        rows.append({"step": f"write {shards:,} markers (+2 objects each)",
+                     "seconds": write_markers(folder, names)})
     pending = step("resume scan (rerun, nothing pending)",
                    lambda: _pending(plan, folder, False))[0]
     if pending:
         raise RuntimeError(f"{len(pending)} shards pending after committing all of them")
     status = step("status (running)", lambda: read_status(folder))
     assert status["shards_done"] == shards, status
-    step("_SUCCESS write", lambda: write_success(folder, plan))
+    ledger = Ledger(folder, [])
+    for i, name in enumerate(names):  # what the executor hands over as shards commit
+        ledger.add(fake_marker(name, i))
+    step("_SUCCESS write (end of a run: markers known)",
+         lambda: write_success(folder, plan, ledger=ledger))
+    rows[-1]["bytes"] = _size(folder, (SUCCESS, MANIFEST))
+    ledger = None  # its entries are the driver's to free once _SUCCESS is written
+    step("_SUCCESS write (reading every marker)", lambda: write_success(folder, plan))
     rows[-1]["bytes"] = _size(folder, (SUCCESS, MANIFEST))
     step("status (complete)", lambda: read_status(folder))
     report = step("verify planning", lambda: verify_planning(folder))
@@ -156,10 +170,10 @@ def run_scale(shards: int, url: str, options: dict | None = None) -> list[dict[s
 
 def format_scale(shards: int, where: str, rows: list[dict[str, Any]]) -> str:
     lines = [f"driver at {shards:,} committed shards ({where}); RSS of this process",
-             f"  {'step':<42}{'seconds':>9}{'RSS before MB':>15}{'RSS peak MB':>13}"
+             f"  {'step':<48}{'seconds':>9}{'RSS before MB':>15}{'RSS peak MB':>13}"
              f"{'bytes written':>15}"]
     for r in rows:
-        lines.append(f"  {r['step']:<42}{r['seconds']:>9.2f}{r.get('rss_before_mb', 0):>15.0f}"
+        lines.append(f"  {r['step']:<48}{r['seconds']:>9.2f}{r.get('rss_before_mb', 0):>15.0f}"
                      f"{r.get('rss_peak_mb', 0):>13.0f}"
                      + (f"{r['bytes']:>15,}" if "bytes" in r else ""))
     return "\n".join(lines)

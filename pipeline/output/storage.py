@@ -290,10 +290,12 @@ class OutputFolder:
         def ls() -> list[str]:
             self.fs.invalidate_cache(self.root)
             try:
+                if self.is_local:  # fsspec's ls cleans each of 300,000 names: 10x slower
+                    return os.listdir(self.root)
                 entries = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
-            return [posixpath.relpath(e, self.root) for e in entries]
+            return [self._relative(e) for e in entries]
         return sorted(n for n in self.call("listing", "", ls) if n.startswith(prefix))
 
     def find(self) -> dict[str, int]:
@@ -304,9 +306,16 @@ class OutputFolder:
                 found = self.fs.find(self.root, detail=True)
             except FileNotFoundError:
                 return {}
-            return {posixpath.relpath(p, self.root): int(i.get("size") or 0)
+            return {self._relative(p): int(i.get("size") or 0)
                     for p, i in found.items() if i.get("type", "file") == "file"}
         return self.call("listing", "", find)
+
+    def _relative(self, path: str) -> str:
+        # a prefix cut, not posixpath.relpath: that cost 9 of the 11 s status took to list
+        # a 100,000-shard output (300,000 names)
+        prefix = self.root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else posixpath.relpath(path,
+                                                                                     self.root)
 
     def delete_all(self) -> None:
         """Remove the folder and everything under it (``--overwrite``)."""
