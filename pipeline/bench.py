@@ -48,7 +48,8 @@ def write_bench_prompts(path: str, n: int) -> str:
 
 def bench_spec(args, prompts: str, output: str, options: dict | None = None) -> JobSpec:
     raw = {"name": "bench", "input": {"path": prompts, "id_column": "id"},
-           "model": {"family": args.family, "path": args.model},
+           "model": {"family": args.family, "path": args.model,
+                     "options": getattr(args, "model_options", None) or {}},
            "generation": {"width": args.size, "height": args.size, "steps": args.steps},
            "output": {"path": output, "image_format": args.image_format,
                       "format": args.format},

@@ -217,6 +217,11 @@ def formats_table() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.device_table:
+        from pipeline.bench_device import device_table
+
+        print(device_table(args))
+        return 0
     from pipeline.bench import run_bench
 
     print(run_bench(args))
@@ -246,6 +251,11 @@ def _bench_command(sub) -> None:
                    help="also time image encoding at PX² on threads vs processes (0: skip)")
     p.add_argument("--plan-rows", type=int, metavar="N",
                    help="instead: time planning an N-prompt Parquet, with driver memory")
+    p.add_argument("--device-table", action="store_true",
+                   help="instead: a simulated device (null family) at 8/32/128 images/s for "
+                   "PNG, JPEG and WebP against its limit and Ray Data (use --size 512)")
+    p.add_argument("--device-seconds", type=float, default=10, metavar="S",
+                   help="--device-table: device time per cell (images = rate x S)")
     p.add_argument("--markers", type=int, metavar="N",
                    help="instead: write N committed markers and time resume, status, verify's "
                    "planning and the _SUCCESS write (the driver at N shards)")

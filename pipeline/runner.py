@@ -239,7 +239,7 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
 
 def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = (),
                   ledger: Ledger | None = None) -> dict[str, Any]:
-    """The job manifest, written last: ``_manifest.parquet`` (every shard with its counts
+    """The job manifest, written last: ``_manifest.pq`` (every shard with its counts
     and data checksums), then ``_SUCCESS``, a summary naming it. The entries come from the
     run's ledger, or from every committed marker when there is none."""
     if ledger is None:

@@ -10,7 +10,7 @@ A job's output holds, at its top level:
 | ``SSSSS.parquet`` | an actor | per shard: one metadata row per requested image |
 | ``SSSSS/KEY.ext``, ``SSSSS.tar`` | an actor | per shard: the images, as the format keeps them |
 | ``SSSSS_stats.json`` | an actor | per shard, last: the commit marker |
-| ``_manifest.parquet`` | the driver | at the end, just before ``_SUCCESS``: one row per shard |
+| ``_manifest.pq`` | the driver | at the end, just before ``_SUCCESS``: one row per shard |
 | ``_SUCCESS`` | the driver | last of all: the job's summary (the manifest's name and sha256) |
 | ``report.html``, ``report.png`` | ``synthset report`` | on demand |
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 JOB = "_job.json"
 PROGRESS = "_progress.json"
 SUCCESS = "_SUCCESS"
-MANIFEST = "_manifest.parquet"
+# not *.parquet: consumers glob "*.parquet" for the metadata shards (load_dataset with
+# data_files, DuckDB's read_parquet), and a manifest among them breaks their schema
+MANIFEST = "_manifest.pq"
 LOCK_PREFIX = "_lock."
 REPORT_HTML, REPORT_PNG = "report.html", "report.png"
 MARKER_SUFFIX = "_stats.json"

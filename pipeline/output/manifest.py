@@ -1,8 +1,8 @@
-"""The job manifest: ``_manifest.parquet`` (one row per shard) and ``_SUCCESS`` beside it.
+"""The job manifest: ``_manifest.pq`` (a Parquet file, one row per shard) and ``_SUCCESS``.
 
 At 100,000 shards a manifest listing every shard's counts and checksums inside
 ``_SUCCESS`` was a 30 MB JSON document; now ``_SUCCESS`` stays a small summary that
-names the Parquet manifest and its sha256, and the rows live in ``_manifest.parquet``
+names the Parquet manifest and its sha256, and the rows live in ``_manifest.pq``
 (written first, so a ``_SUCCESS`` always points at a complete manifest). Readers accept
 the earlier layout too (``"shards"`` inside ``_SUCCESS``).
 
@@ -52,7 +52,7 @@ def read_markers(folder: OutputFolder, names: list[str], entries_only: bool = Fa
 
 
 def manifest_bytes(entries: Iterable[dict]) -> bytes:
-    """``_manifest.parquet``: one row per shard, sorted by name."""
+    """``_manifest.pq``: one row per shard, sorted by name."""
     rows = sorted(entries, key=lambda e: e["shard_name"])
     columns = {k: [r[k] for r in rows] for k in COLUMNS[:-1]}
     columns["objects"] = [json.dumps(r["objects"], sort_keys=True, separators=(",", ":"))
@@ -64,7 +64,7 @@ def manifest_bytes(entries: Iterable[dict]) -> bytes:
 
 def write_manifest(folder: OutputFolder, summary: dict[str, Any],
                    entries: list[dict]) -> dict[str, Any]:
-    """Write ``_manifest.parquet``, then ``_SUCCESS`` (the summary naming it), last."""
+    """Write ``_manifest.pq``, then ``_SUCCESS`` (the summary naming it), last."""
     data = manifest_bytes(entries)
     folder.write_bytes(MANIFEST, data)
     summary = {**summary, "shards_committed": len(entries),

@@ -3,7 +3,7 @@
 Every marker's data objects must exist with the sha256 it lists; every successful
 row's image must exist with the sha256 of its row (loose files, tar members or
 embedded Parquet bytes); every shard must hold exactly the keys its marker counts;
-``_SUCCESS`` (and the ``_manifest.parquet`` it names) must agree with the markers; and
+``_SUCCESS`` (and the ``_manifest.pq`` it names) must agree with the markers; and
 nothing else may lie in the folder.
 """
 

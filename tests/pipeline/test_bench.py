@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pyarrow.parquet as pq
 
 from pipeline.bench import run_bench
+from pipeline.bench_device import device_table
 
 MODES = ("raw", "invariant", "local", "s3", "ray-data")
 
@@ -83,3 +85,18 @@ def test_the_raw_loop_is_one_pipeline_call_per_batch_and_invariance_one_per_imag
     calls.clear()
     _draw_alone(model, ["a", "b"], [1, 2], params)
     assert calls == [(("embeds", ["a"]), [1]), (("embeds", ["b"]), [2])]
+
+
+def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_local, tmp_path):
+    args = _bench_args(tmp_path, device_table=True, device_seconds=1.0, device_rates=(64,),
+                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=32)
+    report = device_table(args)
+    rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
+    assert len(rows) == 1, report
+    fmt, rate, capacity, limit, pipe, vs, rd, rd_vs = rows[0]
+    assert int(rate) == 64 and float(limit) == min(64.0, float(capacity))
+    assert float(pipe) > 0 and abs(float(vs) - float(pipe) / float(limit)) < 0.01
+    assert float(rd) > 0 and abs(float(rd_vs) - float(rd) / float(limit)) < 0.01
+    # the cell ran the simulated device: 64 images committed, every one a success
+    success = json.loads((tmp_path / "device-jpeg-64" / "_SUCCESS").read_text())
+    assert success["successes"] == 64 and success["failed"] == 0

@@ -33,7 +33,7 @@ def _images_by_id(out) -> dict:
     del rows
     result = {}
     for name in sorted(os.listdir(out)):
-        if name.endswith(".parquet") and not name.startswith("_"):  # _manifest.parquet
+        if name.endswith(".parquet"):
             for r in pq.read_table(os.path.join(out, name)).to_pylist():
                 result[(r["id"], r["image_index"])] = r["sha256"]
     return result
@@ -47,7 +47,7 @@ def test_end_to_end_files_layout(ray_local, tmp_path, tiny_gan):
     manifest = run_job(spec, show_progress=False)
     out = tmp_path / "out"
     assert sorted(n for n in os.listdir(out) if not n[0].isdigit()) == [
-        "_SUCCESS", "_job.json", "_manifest.parquet", "_progress.json"]
+        "_SUCCESS", "_job.json", "_manifest.pq", "_progress.json"]
     entries = read_entries(OutputFolder(str(out)), manifest)
     assert [m["shard_name"] for m in entries] == ["00000", "00001", "00002"]
     assert manifest["successes"] == 26 and manifest["failed"] == 4

@@ -29,7 +29,7 @@ def _spec(tmp_path, src, model, out="out", **kw):
 def _rows(out) -> dict:
     rows = {}
     for name in sorted(os.listdir(out)):
-        if name.endswith(".parquet") and not name.startswith("_"):  # _manifest.parquet
+        if name.endswith(".parquet"):
             for r in pq.read_table(os.path.join(out, name)).to_pylist():
                 assert r["key"] not in rows, f"duplicate key {r['key']}"
                 rows[r["key"]] = r

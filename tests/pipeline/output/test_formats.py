@@ -40,8 +40,7 @@ def outputs(ray_local, s3_endpoint, tiny_gan, tmp_path_factory):
 
 
 def _rows(fs, url) -> list[dict]:
-    names = sorted(p for p in fs.find(url)
-                   if p.endswith(".parquet") and "/_" not in p)  # not _manifest.parquet
+    names = sorted(p for p in fs.find(url) if p.endswith(".parquet"))
     return [r for n in names for r in pq.read_table(n, filesystem=fs,
                                                     columns=["key", "status", "sha256", "file",
                                                              "prompt"]).to_pylist()]
@@ -64,7 +63,7 @@ def test_layouts_markers_and_manifest(outputs):
         entries = read_entries(OutputFolder(url, options), manifest)
         assert [s["shard_name"] for s in entries] == ["00000", "00001", "00002"]
         assert manifest["successes"] == 9 and manifest["failed"] == 1
-        assert manifest["manifest"]["name"] == "_manifest.parquet"
+        assert manifest["manifest"]["name"] == "_manifest.pq"
         for shard in entries:
             for name, sha in shard["objects"].items():
                 assert hashlib.sha256(fs.cat(f"{url}/{name}")).hexdigest() == sha

@@ -1,4 +1,4 @@
-"""The job manifest at scale: ``_SUCCESS`` a small summary, ``_manifest.parquet`` beside it."""
+"""The job manifest at scale: ``_SUCCESS`` a small summary, ``_manifest.pq`` beside it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_verify_reads_both_layouts_and_catches_a_changed_manifest(tmp_path):
     assert verify_planning(folder).ok
     success = folder.read_json(SUCCESS)
     old = {k: v for k, v in success.items() if k not in ("manifest", "shards_committed")}
-    old["shards"] = read_entries(folder, success)  # the layout before _manifest.parquet
+    old["shards"] = read_entries(folder, success)  # the layout before _manifest.pq
     folder.write_json(SUCCESS, old)
     assert verify_planning(folder).ok
     old["shards"][3]["objects"] = {"00003.tar": "0" * 64}
@@ -54,7 +54,7 @@ def test_verify_reads_both_layouts_and_catches_a_changed_manifest(tmp_path):
     folder.write_json(SUCCESS, success)
     folder.write_bytes(MANIFEST, folder.read_bytes(MANIFEST) + b" ")
     problems = verify_planning(folder).problems
-    assert problems == ["_manifest.parquet: sha256 differs from the one _SUCCESS records"]
+    assert problems == ["_manifest.pq: sha256 differs from the one _SUCCESS records"]
 
 
 def test_resume_lists_names_and_the_ledger_reads_earlier_markers_behind_it(tmp_path):
