@@ -301,10 +301,6 @@ def run_bench(args) -> str:
     os.makedirs(work, exist_ok=True)
     if args.plan_rows:
         return plan_scale(args.plan_rows, work)
-    if getattr(args, "markers", None):
-        from pipeline.scale import scale_report
-
-        return scale_report(args.markers, work, args.markers_on)
     prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts)
     modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
              "invariant": lambda: run_raw(bench_spec(args, prompts, work), args.prompts,

@@ -222,6 +222,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         print(device_table(args))
         return 0
+    if args.markers:
+        from pipeline.scale import scale_report
+
+        print(scale_report(args.markers, args.workdir, args.markers_on))
+        return 0
     from pipeline.bench import run_bench
 
     print(run_bench(args))

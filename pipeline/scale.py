@@ -179,8 +179,11 @@ def format_scale(shards: int, where: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def scale_report(shards: int, workdir: str, on: str = "local") -> str:
+def scale_report(shards: int, workdir: str | None, on: str = "local") -> str:
     """``--markers N``: the measurement locally, on moto, or both."""
+    import tempfile
+
+    workdir = workdir or tempfile.mkdtemp(prefix="synthset-markers-")
     out = []
     if on in ("local", "both"):
         url = os.path.join(workdir, f"markers-{shards}")
