@@ -58,6 +58,7 @@ class NullImageModel(ImageModel):
             raise ValueError("model.options: device_ms_per_image must be >= 0 and images "
                              "'blocks' or 'render'")
         self._renders = None
+        self.cpu_bound = not self.device_ms  # a simulated device sleeps: cores are free
 
     def warmup(self, params: GenerationParams) -> None:
         if self.images == "render":  # the picture bank is built before timing starts

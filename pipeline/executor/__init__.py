@@ -111,7 +111,9 @@ class GenerationActor:
         if deterministic == "auto":
             deterministic = self.device == "cpu"
         self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
-                                  store_threads(self.spec.output.format, cpus),
+                                  store_threads(self.spec.output.format, cpus,
+                                                self.device == "cpu"
+                                                and getattr(model, "cpu_bound", True)),
                                   overlap_encoding=self.device != "cpu")
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
         self.commits: dict[int, Future] = {}

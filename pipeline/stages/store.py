@@ -22,12 +22,15 @@ from pipeline.stages.samples import Sample
 MAX_BYTES_IN_FLIGHT = 256 * 2**20  # pixels handed to the store threads, not yet stored
 
 
-def store_threads(output_format: str, cpus: int) -> int:
+def store_threads(output_format: str, cpus: int, generator_on_cpu: bool = True) -> int:
     """Threads for encoding and storing images. Encoding is CPU work: a thread per core but
-    the one the generating thread needs (measured on 2 cores, null generator: 1 thread
-    10% faster than 2, and 2 faster than 4). ``files`` also PUTs every image, which waits
-    on the network, so it gets more."""
-    return max(cpus, 16) if output_format == "files" else max(1, cpus - 1)
+    the one the generating thread needs when it computes on the CPU (measured on 2 cores,
+    null generator: 1 thread 10% faster than 2, and 2 faster than 4); every core when the
+    generator waits on a device instead. ``files`` also PUTs every image, which waits on
+    the network, so it gets more."""
+    if output_format == "files":
+        return max(cpus, 16)
+    return max(1, cpus - 1) if generator_on_cpu else max(1, cpus)
 
 
 class ByteBudget:

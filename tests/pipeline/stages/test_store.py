@@ -61,3 +61,13 @@ def test_a_chunk_larger_than_the_budget_goes_through_alone():
     budget.give(250)
     waiting.join(5)
     assert not waiting.is_alive() and budget.used == 10 and budget.peak == 250
+
+
+def test_store_threads_take_every_core_when_the_generator_waits_on_a_device():
+    from models.null import NullImageModel
+    from pipeline.stages.store import store_threads
+
+    assert store_threads("webdataset", 8) == 7  # the generating thread computes on a core
+    assert store_threads("webdataset", 8, generator_on_cpu=False) == 8
+    assert store_threads("files", 2, generator_on_cpu=False) == 16  # PUTs wait on the network
+    assert NullImageModel().cpu_bound and not NullImageModel({"device_ms_per_image": 5}).cpu_bound
