@@ -120,7 +120,7 @@ def _size(folder: OutputFolder, names: tuple[str, ...]) -> int:
 def run_scale(shards: int, url: str, options: dict | None = None) -> list[dict[str, Any]]:
     """Write a ``shards``-shard job with every marker committed under ``url``; time the
     driver's steps on it. Returns one row per step."""
-    from pipeline.output.layout import JOB, MANIFEST, SUCCESS
+    from pipeline.output.layout import JOB, LOCK_PREFIX, MANIFEST, SUCCESS
     from pipeline.output.manifest import Ledger
     from pipeline.output.progress import committed_shards, read_status
     from pipeline.output.retry import drop_success
@@ -149,6 +149,7 @@ def run_scale(shards: int, url: str, options: dict | None = None) -> list[dict[s
                    lambda: _pending(plan, folder, False))[0]
     if pending:
         raise RuntimeError(f"{len(pending)} shards pending after committing all of them")
+    step("lock heartbeat's listing (_lock.*)", lambda: folder.list(LOCK_PREFIX))
     status = step("status (running)", lambda: read_status(folder))
     assert status["shards_done"] == shards, status
     ledger = Ledger(folder, [])

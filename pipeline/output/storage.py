@@ -286,12 +286,17 @@ class OutputFolder:
         return self.call("checking", name, lambda: self.fs.exists(self.path(name)))
 
     def list(self, prefix: str = "") -> list[str]:
-        """Names (relative to the folder) of the files directly under it."""
+        """Names (relative to the folder) of the files directly under it, starting with
+        ``prefix``: on object stores the prefix goes to the server, so finding the run's
+        lock objects among 300,000 others is one request, not 300 pages."""
         def ls() -> list[str]:
             self.fs.invalidate_cache(self.root)
             try:
                 if self.is_local:  # fsspec's ls cleans each of 300,000 names: 10x slower
                     return os.listdir(self.root)
+                if prefix:
+                    entries = self.fs.glob(self.path(prefix) + "*")
+                    return [self._relative(e) for e in entries]
                 entries = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
