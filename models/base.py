@@ -53,6 +53,7 @@ class ImageModel(abc.ABC):
     model_id: str = ""
     #: (width, height) the model draws natively; None if it takes any size.
     native_size: tuple[int, int] | None = None
+    cpu_bound = True  # False when generating waits on a device, not the CPU (store threads)
 
     @abc.abstractmethod
     def encode_prompt(

@@ -3,11 +3,22 @@
 ``model.family: "null"`` skips the text encoder and draws seeded noise images, so a
 benchmark or scale test sees only reading, sharding, image encoding, uploads and
 metadata. Deterministic per seed like every other family.
+
+It can also stand in for an accelerator (``model.options``):
+
+- ``device_ms_per_image``: each batch holds the generating thread for batch × this many
+  milliseconds in a sleep (the GIL released, no CPU used), as a GPU-bound model does;
+- ``images``: ``blocks`` (the default without a device time: 8×8 seeded blocks, which
+  compress far better than real pictures) or ``render`` (the default with one: smooth
+  gradients and soft shapes with a render's fine texture, so PNG/JPEG/WebP cost and
+  weigh about what a diffusion model's output does; see ``models/render.py``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +41,45 @@ class NullEmbeds(PromptEmbeds):
 
 
 class NullImageModel(ImageModel):
-    """Seeded noise at any size; no weights, no encoder."""
+    """Seeded images at any size; no weights, no encoder; optionally a simulated device."""
 
     model_id = "null"
+    OPTIONS = ("device_ms_per_image", "images")
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"model.options: {unknown} unknown to the null family "
+                             f"(it takes {', '.join(self.OPTIONS)})")
+        self.device_ms = float(options.get("device_ms_per_image", 0))
+        self.images = options.get("images", "render" if self.device_ms else "blocks")
+        if self.device_ms < 0 or self.images not in ("blocks", "render"):
+            raise ValueError("model.options: device_ms_per_image must be >= 0 and images "
+                             "'blocks' or 'render'")
+        self._renders = None
+        self.cpu_bound = not self.device_ms  # a simulated device sleeps: cores are free
+
+    def warmup(self, params: GenerationParams) -> None:
+        if self.images == "render":  # the picture bank is built before timing starts
+            self._bank(params.width, params.height)
+
+    def _bank(self, width: int, height: int):
+        from models.render import RenderBank
+
+        if self._renders is None or self._renders.size != (width, height):
+            self._renders = RenderBank(width, height)
+        return self._renders
 
     def encode_prompt(self, prompts, negative_prompts=None) -> NullEmbeds:
         return NullEmbeds([len(p) for p in prompts], [False] * len(prompts))
 
     def generate(self, embeds: NullEmbeds, seeds: list[int],
                  params: GenerationParams) -> np.ndarray:
+        if self.device_ms:
+            time.sleep(len(seeds) * self.device_ms / 1000)  # the device's time; no CPU
+        if self.images == "render":
+            return self._bank(params.width, params.height).draw(seeds)
         # 8x8 blocks of seeded noise scaled up: cheap, never blank, compresses like a picture.
         # The noise is a splitmix64 hash of (seed, position), vectorised over the batch:
         # a Generator per seed cost more than JPEG-encoding the image.

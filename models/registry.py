@@ -86,7 +86,7 @@ def load_diffusers(path, device, dtype, scheduler, trust_remote_code, options,
 def load_null(options, **_) -> ImageModel:
     from models.null import NullImageModel
 
-    return NullImageModel()
+    return NullImageModel(options)
 
 
 def load_custom(factory, path, device, dtype, options, **_) -> ImageModel:

@@ -1,7 +1,9 @@
 """``synthset bench``: the pipeline side by side with the raw model loop and Ray Data.
 
 One run, one model, one device, the same prompts and batch size:
-  raw        the generator loop alone (encode + generate, images kept in memory): the limit
+  raw        the plain batched loop a user of the model's library writes (diffusers: one
+             pipeline call per batch, one generator per image; images kept in memory): the limit
+  invariant  the same, each image drawn alone (batch invariance: deterministic: true's cost)
   local      the full pipeline to local disk
   s3         the full pipeline to S3 (a moto server on 127.0.0.1)
   ray-data   read_parquet → map_batches over an actor pool holding the same model → write
@@ -50,7 +52,8 @@ QUALITY_SCORERS = ["phash", "scene"]  # --quality: the cheap scorers the demo ru
 def bench_spec(args, prompts: str, output: str, options: dict | None = None,
                scorers: list[str] = ()) -> JobSpec:
     raw = {"name": "bench", "input": {"path": prompts, "id_column": "id"},
-           "model": {"family": args.family, "path": args.model},
+           "model": {"family": args.family, "path": args.model,
+                     "options": getattr(args, "model_options", None) or {}},
            "generation": {"width": args.size, "height": args.size, "steps": args.steps},
            "output": {"path": output, "image_format": args.image_format,
                       "format": args.format},
@@ -65,8 +68,11 @@ def bench_spec(args, prompts: str, output: str, options: dict | None = None,
     return build_spec(raw)
 
 
-def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
-    """The limit: the model's own encode + generate loop, nothing else."""
+def run_raw(spec: JobSpec, n: int, cpus: int, invariant: bool = False) -> dict[str, Any]:
+    """The limit: the plain batched loop a user of the model's library writes (diffusers:
+    one pipeline call per batch, one generator per image), nothing else. ``invariant``
+    draws each image alone instead (the model's batch-invariant mode, what
+    ``runtime.deterministic: true`` costs)."""
     import torch
 
     from models.base import derive_seed
@@ -77,33 +83,60 @@ def run_raw(spec: JobSpec, n: int, cpus: int) -> dict[str, Any]:
     m = spec.model
     model = load_model(m.family, m.path, m.encoder, resolve_device(), m.dtype, m.scheduler,
                        m.trust_remote_code, m.options, m.factory)
+    if hasattr(model, "batch_invariant"):
+        model.batch_invariant = invariant
     params = generation_params(spec, model)
     model.warmup(params)  # as the pipeline's actor does (torch.compile, cuDNN autotuning)
     table = pq.read_table(spec.input.path)
     prompts, ids = table.column("prompt").to_pylist(), table.column("id").to_pylist()
+    draw = _draw_alone if invariant else _draw_batch
     b = spec.runtime.batch_size
-    model.generate(model.encode_prompt(prompts[:1]), [0], params)  # warm-up, not timed
-    start, gen, embeds = time.perf_counter(), 0.0, None
+    draw(model, prompts[:1], [0], params)  # warm-up, not timed
+    start = time.perf_counter()
     for i in range(0, n, b):
-        embeds = model.encode_prompt(prompts[i:i + b])
-        t = time.perf_counter()
-        model.generate(embeds, [derive_seed(spec.generation.seed, s, 0) for s in ids[i:i + b]],
-                       params)
-        gen += time.perf_counter() - t
+        draw(model, prompts[i:i + b],
+             [derive_seed(spec.generation.seed, s, 0) for s in ids[i:i + b]], params)
     seconds = time.perf_counter() - start
-    del model, embeds  # the actors that run next share this device
+    del model  # the actors that run next share this device
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"images": n, "steady_s": seconds, "wall_s": seconds,
-            "stages": {"generate": gen, "text_encode": seconds - gen}}
+            "stages": {"generate": seconds}}
+
+
+def _draw_batch(model, prompts: list[str], seeds: list[int], params) -> Any:
+    """One library call per batch. A diffusers pipeline is called as its users call it
+    (prompts in, text encoded inside, a generator per image); other families through
+    their own batched encode and generate."""
+    pipe = getattr(model, "pipe", None)
+    if pipe is None:
+        return model.generate(model.encode_prompt(prompts), seeds, params)
+    import torch
+
+    device = "cpu" if pipe.device.type == "cpu" else pipe.device
+    kwargs = dict(params.extra)
+    if params.steps is not None:
+        kwargs["num_inference_steps"] = params.steps
+    if params.guidance_scale is not None:
+        kwargs["guidance_scale"] = params.guidance_scale
+    return pipe(prompt=prompts, width=params.width, height=params.height, output_type="np",
+                generator=[torch.Generator(device=device).manual_seed(s) for s in seeds],
+                **kwargs).images
+
+
+def _draw_alone(model, prompts: list[str], seeds: list[int], params) -> Any:
+    """Each prompt encoded and each image drawn on its own: batch invariance."""
+    return [model.generate(model.encode_prompt([p]), [s], params)
+            for p, s in zip(prompts, seeds)]
 
 
 def run_pipeline(spec: JobSpec) -> dict[str, Any]:
     """The full pipeline; steady time spans the first shard's start to the driver learning
     of the last commit (Ray Data's span ends when ``write_parquet`` returns)."""
+    from pipeline.output.manifest import read_markers
     from pipeline.output.progress import PROGRESS, committed_shards
-    from pipeline.runner import open_output, read_markers, run_job
+    from pipeline.runner import open_output, run_job
 
     start = time.perf_counter()
     manifest = run_job(spec, overwrite=True, show_progress=False)
@@ -278,6 +311,8 @@ def run_bench(args) -> str:
         return plan_scale(args.plan_rows, work)
     prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts)
     modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
+             "invariant": lambda: run_raw(bench_spec(args, prompts, work), args.prompts,
+                                          args.cpus, invariant=True),
              "local": lambda: run_pipeline(bench_spec(args, prompts,
                                                       os.path.join(work, "local")))}
     if getattr(args, "quality", False):  # right after local: the pair to compare

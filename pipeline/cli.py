@@ -65,17 +65,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     from pipeline.output.formats import get_format
+    from pipeline.output.manifest import read_entries, shards_committed
+    from pipeline.runner import open_output
 
     out = spec.output.path.rstrip("/")
     print(f"done: {manifest['successes']} images, {manifest['failed']} failed, "
-          f"{len(manifest['shards'])} shards in {out}")
+          f"{shards_committed(manifest)} shards in {out}")
     if manifest.get("repaired"):
         print(f"  repaired: {len(manifest['repaired'])} shard(s) regenerated "
               f"({', '.join(manifest['repaired'][:10])})")
-    if not manifest["shards"]:
+    if not shards_committed(manifest):
         print(f"  the input had no rows (input.allow_empty): {out}/_SUCCESS lists no shards")
         return 0
-    first = manifest["shards"][0]["shard_name"]
+    first = read_entries(open_output(spec), manifest, ("shard_name",))[0]["shard_name"]
     print(f"  look at: {get_format(spec.output.format).look_at(out, first)};\n"
           f"  synthset status {out}; synthset report {out} (writes {out}/report.html)")
     return 0
@@ -120,7 +122,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     print(f"{summary['groups']} duplicate groups, {summary['images']} images in them, of "
           f"{summary['rows']} (Hamming <= {summary['threshold']}"
           f"{'' if summary['phash'] else '; no phash column: exact copies only'}) -> "
-          f"{args.output.rstrip('/')}/_duplicates.parquet")
+          f"{args.output.rstrip('/')}/_duplicates.pq")
     return 0
 
 
@@ -228,6 +230,16 @@ def formats_table() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.device_table:
+        from pipeline.bench_device import device_table
+
+        print(device_table(args))
+        return 0
+    if args.markers:
+        from pipeline.scale import scale_report
+
+        print(scale_report(args.markers, args.workdir, args.markers_on))
+        return 0
     from pipeline.bench import run_bench
 
     print(run_bench(args))
@@ -259,6 +271,16 @@ def _bench_command(sub) -> None:
                    help="also time image encoding at PX² on threads vs processes (0: skip)")
     p.add_argument("--plan-rows", type=int, metavar="N",
                    help="instead: time planning an N-prompt Parquet, with driver memory")
+    p.add_argument("--device-table", action="store_true",
+                   help="instead: a simulated device (null family) at 8/32/128 images/s for "
+                   "PNG, JPEG and WebP against its limit and Ray Data (use --size 512)")
+    p.add_argument("--device-seconds", type=float, default=10, metavar="S",
+                   help="--device-table: device time per cell (images = rate x S)")
+    p.add_argument("--markers", type=int, metavar="N",
+                   help="instead: write N committed markers and time resume, status, verify's "
+                   "planning and the _SUCCESS write (the driver at N shards)")
+    p.add_argument("--markers-on", default="local", choices=["local", "s3", "both"],
+                   help="where --markers writes: a local folder, moto S3, or both")
     p.set_defaults(fn=cmd_bench)
 
 
@@ -298,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", help="JSON dict passed to fsspec")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("dedup", help="group near-duplicate and identical images of a "
-                       "committed output into OUTPUT/_duplicates.parquet")
+                       "committed output into OUTPUT/_duplicates.pq")
     p.add_argument("output", help="the job's output.path (any fsspec URL)")
     p.add_argument("--threshold", type=int, help="max Hamming distance of two phashes "
                    "(default: the job's quality.dedup_threshold)")

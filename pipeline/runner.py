@@ -13,11 +13,12 @@ from typing import Any
 
 from pipeline.input.duplicates import find_duplicate_ids
 from pipeline.input.resolve import resolve_input
-from pipeline.input.shards import KeyFormat, key_format, num_shards, plan_shards
+from pipeline.input.shards import KeyFormat, Shard, key_format, num_shards, plan_shards
 from pipeline.input.sources import InputError, InputSet
 from pipeline.output.dedup import write_duplicates
 from pipeline.output.layout import JOB, SUCCESS, marker_name
 from pipeline.output.lock import RunLock
+from pipeline.output.manifest import Ledger, read_entries, read_markers, write_manifest
 from pipeline.output.progress import Progress, committed_shards
 from pipeline.output.retry import check_retry, drop_success, retry_shards
 from pipeline.output.storage import OutputFolder, StorageError
@@ -116,14 +117,6 @@ def claim_output(folder: OutputFolder, plan: Plan, overwrite: bool) -> None:
                             "spec": plan.spec.public_dump(), "created_at": time.time()})
 
 
-def read_markers(folder: OutputFolder, names: list[str]) -> list[dict]:
-    """The markers of ``names``, in order; fetched concurrently (a resume may list thousands)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda n: folder.read_json(marker_name(n)), names))
-
-
 def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
             show_progress: bool = True, retry_failed: bool = False,
             repair: bool = False) -> dict[str, Any]:
@@ -146,8 +139,8 @@ def run_job(spec: JobSpec, overwrite: bool = False, address: str | None = None,
     lost: list[str] = []
     if finished and finished.get("fingerprint") == plan.fingerprint and not overwrite \
             and not retry_failed and not repair:
-        lost = sorted({s["shard_name"] for s in finished["shards"]}
-                      - set(committed_shards(folder)))
+        listed = read_entries(folder, finished, columns=("shard_name",))
+        lost = sorted({s["shard_name"] for s in listed} - set(committed_shards(folder)))
         if not lost:
             log.info("%s is already complete; nothing to do", folder.display())
             return finished
@@ -174,34 +167,42 @@ def reopen_damaged(folder: OutputFolder) -> list[str]:
     return sorted(report.damaged)
 
 
-def _pending(plan: Plan, folder: OutputFolder, retry_failed: bool) -> tuple[list, list]:
-    """(shards to run, markers of the committed shards left alone)."""
-    names = sorted(committed_shards(folder))
-    markers = dict(zip(names, read_markers(folder, names)))
+def _pending(plan: Plan, folder: OutputFolder,
+             retry_failed: bool) -> tuple[list[Shard], list[str], int]:
+    """(shards to run, names of the committed shards left alone, their images).
+
+    Only names are listed: the markers' content is read later, off the critical path,
+    by the ledger (``--retry-failed`` reads them here, as it needs their failure counts).
+    """
+    committed = set(committed_shards(folder))
     shards = list(plan_shards(plan.inputs, plan.spec.runtime.shard_size))
-    pending = [s for s in shards if plan.keys.shard_name(s.id) not in markers]
+    pending = [s for s in shards if plan.keys.shard_name(s.id) not in committed]
     if retry_failed:
+        names = sorted(committed)
+        markers = dict(zip(names, read_markers(folder, names, entries_only=True)))
         redo = retry_shards(folder, shards, markers, plan.keys.shard_name)
         if redo:
             log.info("retrying %d failed samples in %d shards",
                      sum(len(s.retry_keys) for s in redo), len(redo))
             drop_success(folder)  # the dataset is not final until the retry commits
-        for shard in redo:
-            del markers[plan.keys.shard_name(shard.id)]
+        committed -= {plan.keys.shard_name(s.id) for s in redo}
         pending = sorted(pending + redo, key=lambda s: s.id)
-    return pending, list(markers.values())
+    per_prompt = plan.spec.generation.images_per_prompt
+    earlier = sum(s.num_rows for s in shards if plan.keys.shard_name(s.id) in committed)
+    return pending, sorted(committed), earlier * per_prompt
 
 
 def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str | None,
                  show_progress: bool, retry_failed: bool = False,
                  repaired: list[str] = ()) -> dict[str, Any]:
     spec = plan.spec
-    pending, already = _pending(plan, folder, retry_failed)
+    pending, earlier, earlier_images = _pending(plan, folder, retry_failed)
+    ledger = Ledger(folder, earlier)
     progress = Progress(folder, plan.fingerprint, plan.shards, plan.images,
-                        spec.generation.images_per_prompt, already,
+                        spec.generation.images_per_prompt, ledger, earlier_images,
                         spec.runtime.progress_interval_s, show_progress)
     log.info("%d of %d shards to run (%d already committed)", len(pending), plan.shards,
-             len(already))
+             len(earlier))
     failed: dict[int, str] = {}
     def committed(shard_id: int) -> dict | None:
         """The shard's marker, if its commit landed; unknown (None) in a storage outage."""
@@ -236,36 +237,38 @@ def _run_pending(plan: Plan, folder: OutputFolder, lock: RunLock, address: str |
     if spec.quality.dedup:
         duplicates = write_duplicates(folder, spec.quality.dedup_threshold,
                                       spec.quality.dedup_bands)
-    manifest = write_success(folder, plan, repaired, duplicates)
+    manifest = write_success(folder, plan, repaired, ledger, duplicates)
     progress.close("complete")
     return manifest
 
 
 def write_success(folder: OutputFolder, plan: Plan, repaired: list[str] = (),
+                  ledger: Ledger | None = None,
                   duplicates: dict | None = None) -> dict[str, Any]:
-    """The job manifest: every shard with its counts and data checksums, written last."""
-    markers = read_markers(folder, sorted(committed_shards(folder)))
-    manifest = {
+    """The job manifest, written last: ``_manifest.pq`` (every shard with its counts
+    and data checksums), then ``_SUCCESS``, a summary naming it. The entries come from the
+    run's ledger, or from every committed marker when there is none."""
+    if ledger is None:
+        ledger = Ledger(folder, sorted(committed_shards(folder)))
+    entries = ledger.entries()
+    summary = {
         "fingerprint": plan.fingerprint, "plan": plan.summary(),
-        "shards": [{k: m[k] for k in ("shard_name", "count", "successes", "failed", "objects")}
-                   for m in markers],
-        "successes": sum(m["successes"] for m in markers),
-        "failed": sum(m["failed"] for m in markers),
+        "successes": sum(e["successes"] for e in entries),
+        "failed": sum(e["failed"] for e in entries),
         "finished_at": time.time(),
     }
     if repaired:  # shards this run regenerated after they were lost or damaged
-        manifest["repaired"] = list(repaired)
-    quality = quality_summary(markers, duplicates)
+        summary["repaired"] = list(repaired)
+    quality = quality_summary(entries, duplicates)
     if quality:
-        manifest["quality"] = quality
-    folder.write_json(SUCCESS, manifest)
-    return manifest
+        summary["quality"] = quality
+    return write_manifest(folder, summary, entries)
 
 
-def quality_summary(markers: list[dict], duplicates: dict | None) -> dict[str, Any]:
-    """The markers' quality counts summed, the job's mean variety, and the duplicates."""
+def quality_summary(entries: list[dict], duplicates: dict | None) -> dict[str, Any]:
+    """The shards' quality counts summed, the job's mean variety, and the duplicates."""
     totals: dict[str, float] = {}
-    for m in markers:
+    for m in entries:
         for key, value in (m.get("quality") or {}).items():
             totals[key] = totals.get(key, 0) + value
     summary: dict[str, Any] = {k: v for k, v in totals.items()

@@ -151,7 +151,7 @@ class QualitySpec(_Section):
     max_attempts: int = Field(1, ge=1, le=64, description="draws per sample with accept")
     dedup: bool | Literal["auto"] = Field(
         "auto", description="group duplicates after the job commits into "
-        "OUTPUT/_duplicates.parquet (exact copies by sha256, near ones by phash); 'auto' = "
+        "OUTPUT/_duplicates.pq (exact copies by sha256, near ones by phash); 'auto' = "
         "when any scorer runs")
     dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
                                  "phashes (of 64 bits) in one group")

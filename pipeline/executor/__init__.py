@@ -111,7 +111,9 @@ class GenerationActor:
         if deterministic == "auto":
             deterministic = self.device == "cpu"
         self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
-                                  store_threads(self.spec.output.format, cpus),
+                                  store_threads(self.spec.output.format, cpus,
+                                                self.device == "cpu"
+                                                and getattr(model, "cpu_bound", True)),
                                   overlap_encoding=self.device != "cpu", device=self.device)
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
         self.commits: dict[int, Future] = {}
@@ -120,10 +122,11 @@ class GenerationActor:
         return {"device": self.device, "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def generate(self, shard: Shard) -> None:
-        """Generate a shard; its commit goes on in the background until ``commit``."""
+    def generate(self, shard: Shard, upcoming: Shard | None = None) -> None:
+        """Generate a shard; its commit goes on in the background until ``commit``.
+        ``upcoming`` (the shard this actor gets next) is read while this one generates."""
         try:
-            committing = self.worker.start(shard, self.report)
+            committing = self.worker.start(shard, self.report, upcoming)
         finally:
             try:
                 self.report.flush()
@@ -179,6 +182,7 @@ class _Slot:
     ready: bool = False
     last_seen: float = field(default_factory=time.time)
     lost_reason: str = ""
+    upcoming: Shard | None = None  # promised to this actor next; its input is read ahead
 
 
 class ExecutorError(RuntimeError):
@@ -222,7 +226,7 @@ class RayExecutor:
             self._start_actor()
         log.info("starting %d actor(s) with %s", len(self.slots), self.resources)
         try:
-            while self.queue or self.inflight:
+            while self.queue or self.inflight or any(s.upcoming for s in self.slots):
                 self._step()
         finally:
             self._poll_progress()
@@ -300,12 +304,24 @@ class RayExecutor:
         """Keep ``shards_in_flight`` shards queued for generation on every ready actor."""
         for slot in self.slots:
             self._feed_slot(slot)
+        for idle in [s for s in self.slots if s.ready and not self._load(s, "generate")]:
+            # the queue ran dry: an idle actor takes a shard promised to a busy one
+            busy = next((s for s in self.slots if s.upcoming is not None), None)
+            if busy is not None:
+                self.queue.append(busy.upcoming)
+                busy.upcoming = None
+                self._feed_slot(idle)
 
     def _feed_slot(self, slot: _Slot, most: int | None = None) -> None:
         limit = self.rt.shards_in_flight if most is None else most
-        while slot.ready and self.queue and self._load(slot, "generate") < limit:
-            shard = self.queue.popleft()
-            self.inflight[slot.handle.generate.remote(shard)] = (slot, shard, "generate")
+        while slot.ready and (slot.upcoming or self.queue) and \
+                self._load(slot, "generate") < limit:
+            # The shard after this one is promised to the same actor, which reads its
+            # input while this one generates; a lost actor gives it back (_lose).
+            shard = slot.upcoming or self.queue.popleft()
+            slot.upcoming = self.queue.popleft() if self.queue else None
+            ref = slot.handle.generate.remote(shard, slot.upcoming)
+            self.inflight[ref] = (slot, shard, "generate")
 
     def _load(self, slot: _Slot, stage: str | None = None) -> int:
         return sum(s is slot and stage in (None, st) for s, _, st in self.inflight.values())
@@ -315,6 +331,9 @@ class RayExecutor:
             return  # already replaced for an earlier in-flight shard
         self.slots.remove(slot)
         slot.ready = False  # nothing more goes to it
+        if slot.upcoming is not None:
+            self.queue.appendleft(slot.upcoming)
+            slot.upcoming = None
         self.actor_failures += 1
         if self.actor_failures > self.rt.max_actor_failures:
             raise ExecutorError(f"{self.actor_failures} actors lost; last: {reason}")

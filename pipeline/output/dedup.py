@@ -5,7 +5,7 @@ After every shard commits (and on demand on any committed output), the ``phash``
 at a time into local spill files; ``lsh.near_pairs`` joins phashes within
 ``quality.dedup_threshold`` bits and equal sha256s (their first 64 bits: a chance
 collision among 10 million images is about 3 in a million), in bounded memory. The
-result, ``_duplicates.parquet``, has one row per image in a group of two or more:
+result, ``_duplicates.pq``, has one row per image in a group of two or more:
 ``key``, ``group`` and ``representative`` (the group's first key).
 """
 
@@ -90,7 +90,7 @@ def _group_table(folder: OutputFolder, names: list[str], found: UnionFind) -> pa
 
 
 def write_duplicates(folder: OutputFolder, threshold: int = 4, bands: int = 4) -> dict:
-    """Write ``_duplicates.parquet``; returns the summary ``_SUCCESS`` keeps."""
+    """Write ``_duplicates.pq``; returns the summary ``_SUCCESS`` keeps."""
     table, stats = find_groups(folder, threshold, bands)
     folder.write_bytes(DUPLICATES, parquet_bytes(table))
     log.info("duplicates of %s: %d groups, %d images (%d candidates compared)",

@@ -10,8 +10,9 @@ A job's output holds, at its top level:
 | ``SSSSS.parquet`` | an actor | per shard: one metadata row per requested image |
 | ``SSSSS/KEY.ext``, ``SSSSS.tar`` | an actor | per shard: the images, as the format keeps them |
 | ``SSSSS_stats.json`` | an actor | per shard, last: the commit marker |
-| ``_duplicates.parquet`` | the driver | before ``_SUCCESS``: duplicate groups (``dedup.py``) |
-| ``_SUCCESS`` | the driver | last of all: the job manifest |
+| ``_duplicates.pq`` | the driver | before ``_SUCCESS``: duplicate groups (``dedup.py``) |
+| ``_manifest.pq`` | the driver | at the end, just before ``_SUCCESS``: one row per shard |
+| ``_SUCCESS`` | the driver | last of all: the job's summary (the manifest's name and sha256) |
 | ``report.html``, ``report.png`` | ``synthset report`` | on demand |
 
 Names starting with ``_`` are bookkeeping, never data (WebDataset and ``datasets`` skip them).
@@ -22,7 +23,10 @@ from __future__ import annotations
 JOB = "_job.json"
 PROGRESS = "_progress.json"
 SUCCESS = "_SUCCESS"
-DUPLICATES = "_duplicates.parquet"
+# Not *.parquet: consumers glob "*.parquet" for the metadata shards (load_dataset with
+# data_files, DuckDB's read_parquet), and a table of another schema among them breaks theirs.
+DUPLICATES = "_duplicates.pq"
+MANIFEST = "_manifest.pq"
 LOCK_PREFIX = "_lock."
 REPORT_HTML, REPORT_PNG = "report.html", "report.png"
 MARKER_SUFFIX = "_stats.json"

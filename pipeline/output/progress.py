@@ -9,6 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.output.layout import JOB, PROGRESS, SUCCESS, shard_of_marker
+from pipeline.output.manifest import Ledger, shards_committed
 from pipeline.output.storage import OutputFolder, StorageError
 
 log = logging.getLogger("synthset")
@@ -18,17 +19,19 @@ class Progress:
     """Counts images and shards as they finish; flushes ``_progress.json`` periodically."""
 
     def __init__(self, folder: OutputFolder, fingerprint: str, shards_total: int,
-                 images_total: int, per_prompt: int, already: list[dict],
+                 images_total: int, per_prompt: int, ledger: Ledger, earlier_images: int = 0,
                  interval_s: float = 2.0, show_bar: bool = True):
         self.folder, self.fingerprint, self.interval_s = folder, fingerprint, interval_s
         self.shards_total, self.images_total, self.per_prompt = shards_total, images_total, \
             per_prompt
-        self.shards_done = len(already)
+        # Shards committed by earlier runs count at once; their success/failure split
+        # is summed as the ledger reads their markers back (a resume lists names only).
+        self.ledger = ledger
+        self.shards_done = ledger.earlier
         self.shards_failed = 0
-        self.images_done = sum(s["successes"] for s in already)
-        self.images_failed = sum(s["failed"] for s in already)
+        self.run_done = self.run_failed = 0  # images of the shards this run committed
         self._live = 0  # images counted from per-batch reports of shards still running
-        self._base = self.images_done + self.images_failed
+        self._base = earlier_images  # images (done or failed) of earlier runs' shards
         self.started = time.time()
         self.last_commit_at: float | None = None  # when the driver learnt of the last commit
         self._flushed = 0.0
@@ -43,17 +46,26 @@ class Progress:
 
     def shard_done(self, stats: dict) -> None:
         self.last_commit_at = time.time()
+        self.ledger.add(stats)
         self.shards_done += 1
-        self.images_done += stats["successes"]
-        self.images_failed += stats["failed"]
+        self.run_done += stats["successes"]
+        self.run_failed += stats["failed"]
         self._refresh()
 
     def shard_failed(self, shard_id: int) -> None:
         self.shards_failed += 1
         self._refresh()
 
+    @property
+    def images_done(self) -> int:
+        return self.run_done + self.ledger.earlier_done
+
+    @property
+    def images_failed(self) -> int:
+        return self.run_failed + self.ledger.earlier_failed
+
     def _counted(self) -> int:
-        committed = self.images_done + self.images_failed
+        committed = self._base + self.run_done + self.run_failed
         return min(self.images_total, max(committed, self._base + self._live))
 
     def _refresh(self) -> None:
@@ -117,7 +129,8 @@ def read_status(folder: OutputFolder) -> dict[str, Any]:
     progress = folder.read_json(PROGRESS) or {}
     success = folder.read_json(SUCCESS)
     shards_total = job["plan"]["shards"]
-    done = len(committed_shards(folder))
+    # a complete job's count is in _SUCCESS: no listing of every object
+    done = shards_committed(success) if success else len(committed_shards(folder))
     status = {
         "output": folder.display(), "name": job["spec"]["name"],
         "fingerprint": job["fingerprint"],

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.input.shards import Shard
 from pipeline.output.formats.base import ShardWriter, sample_fields
-from pipeline.output.layout import JOB, SUCCESS, metadata_name
+from pipeline.output.layout import JOB, MANIFEST, SUCCESS, metadata_name
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import SpecError
 from pipeline.stages.samples import Sample, retryable
@@ -40,8 +40,10 @@ def check_retry(folder: OutputFolder, overwrite: bool) -> None:
 
 
 def drop_success(folder: OutputFolder) -> None:
-    """Delete ``_SUCCESS``: markers are about to change, and it is rewritten at the end."""
+    """Delete ``_SUCCESS`` (then its manifest): markers are about to change, and both are
+    rewritten at the end."""
     folder.delete(SUCCESS)
+    folder.delete(MANIFEST)
 
 
 def read_outcomes(folder: OutputFolder, shard_name: str) -> list[dict]:

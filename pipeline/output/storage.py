@@ -286,14 +286,21 @@ class OutputFolder:
         return self.call("checking", name, lambda: self.fs.exists(self.path(name)))
 
     def list(self, prefix: str = "") -> list[str]:
-        """Names (relative to the folder) of the files directly under it."""
+        """Names (relative to the folder) of the files directly under it, starting with
+        ``prefix``: on object stores the prefix goes to the server, so finding the run's
+        lock objects among 300,000 others is one request, not 300 pages."""
         def ls() -> list[str]:
             self.fs.invalidate_cache(self.root)
             try:
+                if self.is_local:  # fsspec's ls cleans each of 300,000 names: 10x slower
+                    return os.listdir(self.root)
+                if prefix:
+                    entries = self.fs.glob(self.path(prefix) + "*")
+                    return [self._relative(e) for e in entries]
                 entries = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
-            return [posixpath.relpath(e, self.root) for e in entries]
+            return [self._relative(e) for e in entries]
         return sorted(n for n in self.call("listing", "", ls) if n.startswith(prefix))
 
     def find(self) -> dict[str, int]:
@@ -304,9 +311,16 @@ class OutputFolder:
                 found = self.fs.find(self.root, detail=True)
             except FileNotFoundError:
                 return {}
-            return {posixpath.relpath(p, self.root): int(i.get("size") or 0)
+            return {self._relative(p): int(i.get("size") or 0)
                     for p, i in found.items() if i.get("type", "file") == "file"}
         return self.call("listing", "", find)
+
+    def _relative(self, path: str) -> str:
+        # a prefix cut, not posixpath.relpath: that cost 9 of the 11 s status took to list
+        # a 100,000-shard output (300,000 names)
+        prefix = self.root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else posixpath.relpath(path,
+                                                                                     self.root)
 
     def delete_all(self) -> None:
         """Remove the folder and everything under it (``--overwrite``)."""

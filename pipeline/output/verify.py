@@ -3,7 +3,8 @@
 Every marker's data objects must exist with the sha256 it lists; every successful
 row's image must exist with the sha256 of its row (loose files, tar members or
 embedded Parquet bytes); every shard must hold exactly the keys its marker counts;
-``_SUCCESS`` must agree with the markers; and nothing else may lie in the folder.
+``_SUCCESS`` (and the ``_manifest.pq`` it names) must agree with the markers; and
+nothing else may lie in the folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.output.formats import get_format
 from pipeline.output.formats.base import ShardCheck
 from pipeline.output.layout import JOB, SUCCESS, is_bookkeeping, marker_name, shard_of_marker
+from pipeline.output.manifest import read_entries, read_markers
 from pipeline.output.storage import OutputFolder
 
 
@@ -56,9 +58,7 @@ def verify_output(folder: OutputFolder) -> Report:
     if job is None:
         report.problems.append(f"{JOB} is missing: not a synthset output")
         return report
-    listing = folder.find()
-    markers = {shard: folder.read_json(n)
-               for n in listing if (shard := shard_of_marker(n)) is not None}
+    listing, markers = committed_markers(folder)
     expected = set()
     check_manifest(folder, job, markers, report)
     writer = get_format(job["spec"]["output"]["format"])
@@ -72,6 +72,15 @@ def verify_output(folder: OutputFolder) -> Report:
     return report
 
 
+def committed_markers(folder: OutputFolder) -> tuple[dict[str, int], dict[str, dict]]:
+    """Every object under the folder (name -> size) and the committed shards' markers."""
+    listing = folder.find()
+    names = sorted(shard for n in listing if (shard := shard_of_marker(n)) is not None)
+    # only what the checks compare: 100,000 whole markers would hold ~1 GB
+    markers = read_markers(folder, names, entries_only=True)
+    return listing, dict(zip(names, markers))
+
+
 def check_manifest(folder: OutputFolder, job: dict, markers: dict, report: Report) -> None:
     """``_SUCCESS`` exists and lists exactly the committed shards with their checksums."""
     total = job["plan"]["shards"]
@@ -82,7 +91,11 @@ def check_manifest(folder: OutputFolder, job: dict, markers: dict, report: Repor
     if manifest is None:
         report.problems.append(f"{SUCCESS} is missing: the job has not completed")
         return
-    listed = {s["shard_name"]: s for s in manifest["shards"]}
+    try:
+        listed = {s["shard_name"]: s for s in read_entries(folder, manifest)}
+    except ValueError as e:
+        report.problems.append(str(e))
+        return
     for name in sorted(set(listed) | set(markers)):
         entry, marker = listed.get(name), markers.get(name)
         if entry is None:

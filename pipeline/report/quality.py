@@ -2,7 +2,7 @@
 
 Score columns come from the metadata of up to ``QUALITY_SHARDS`` shards spread over the
 run (numbers only, a few columns); the lowest-scoring samples and the first duplicate
-groups of ``_duplicates.parquet`` come with their images, read through the format.
+groups of ``_duplicates.pq`` come with their images, read through the format.
 """
 
 from __future__ import annotations

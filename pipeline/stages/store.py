@@ -1,8 +1,9 @@
 """Stages 4 and 5, encode image and store: pixels to PNG/JPEG/WebP bytes to the writer.
 
 Both run on a pool of store threads (codecs release the GIL), so the generating thread
-only hands a batch over. A bound on images in flight is the backpressure: a slow store
-holds generation back instead of piling images up in memory.
+only hands a batch over. Bounds on images and on pixel bytes in flight are the
+backpressure: a slow store holds generation back instead of piling images up in memory
+(at 2048², 32 images in flight would be 400 MB; the byte budget keeps it to 256 MiB).
 """
 
 from __future__ import annotations
@@ -20,24 +21,50 @@ from pipeline.stages.quality import score_cheap
 from pipeline.stages.samples import Sample
 from pipeline.stages.scorers import Scorer
 
+MAX_BYTES_IN_FLIGHT = 256 * 2**20  # pixels handed to the store threads, not yet stored
 
-def store_threads(output_format: str, cpus: int) -> int:
+
+def store_threads(output_format: str, cpus: int, generator_on_cpu: bool = True) -> int:
     """Threads for encoding and storing images. Encoding is CPU work: a thread per core but
-    the one the generating thread needs (measured on 2 cores, null generator: 1 thread
-    10% faster than 2, and 2 faster than 4). ``files`` also PUTs every image, which waits
-    on the network, so it gets more."""
-    return max(cpus, 16) if output_format == "files" else max(1, cpus - 1)
+    the one the generating thread needs when it computes on the CPU (measured on 2 cores,
+    null generator: 1 thread 10% faster than 2, and 2 faster than 4); every core when the
+    generator waits on a device instead. ``files`` also PUTs every image, which waits on
+    the network, so it gets more."""
+    if output_format == "files":
+        return max(cpus, 16)
+    return max(1, cpus - 1) if generator_on_cpu else max(1, cpus)
+
+
+class ByteBudget:
+    """A semaphore counted in bytes. ``take`` waits until the bytes fit, except when nothing
+    is held: a chunk larger than the whole budget still goes through, alone."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
 
 
 class StorePool:
     """Encodes and stores images on ``threads`` threads; ``settle`` marks samples stored."""
 
     def __init__(self, threads: int, batch_size: int, image_format: str, quality: int,
-                 scorers: list[Scorer] = ()):
+                 scorers: list[Scorer] = (), max_bytes: int = MAX_BYTES_IN_FLIGHT):
         self.threads, self.image_format, self.quality = threads, image_format, quality
         self.scorers = list(scorers)  # cheap ones, run beside encoding
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="synthset-io")
         self.in_flight = threading.BoundedSemaphore(max(2 * batch_size, 2 * threads))
+        self.bytes = ByteBudget(max_bytes)
 
     def submit(self, writer: ShardWriter, drawn: list[tuple[Sample, np.ndarray]]) -> list:
         """Hand a batch's images to the pool as one task per thread: per-image tasks cost
@@ -48,10 +75,16 @@ class StorePool:
             chunk = drawn[i:i + size]
             for _ in chunk:  # backpressure: bounded images waiting for encode/upload
                 self.in_flight.acquire()
+            nbytes = sum(pixels.nbytes for _, pixels in chunk)
+            self.bytes.take(nbytes)  # ... and bounded pixel bytes (large images)
             future = self.pool.submit(self._store, writer, chunk)
-            future.add_done_callback(lambda _, n=len(chunk): self.in_flight.release(n))
+            future.add_done_callback(lambda _, n=len(chunk), b=nbytes: self._done(n, b))
             tasks.append(([s for s, _ in chunk], future))
         return tasks
+
+    def _done(self, images: int, nbytes: int) -> None:
+        self.in_flight.release(images)
+        self.bytes.give(nbytes)
 
     def _store(self, writer: ShardWriter,
                chunk: list[tuple[Sample, np.ndarray]]) -> tuple[list, float]:

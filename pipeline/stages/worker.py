@@ -33,7 +33,7 @@ from pipeline.stages.commit import ShardRun, commit_shard
 from pipeline.stages.generate import Generator, generation_params
 from pipeline.stages.image import EXTENSIONS, encode_image
 from pipeline.stages.quality import QualityStage
-from pipeline.stages.read import read_shard
+from pipeline.stages.read import ShardReader
 from pipeline.stages.samples import utf8_safe
 from pipeline.stages.scorers import make_scorers
 from pipeline.stages.store import StorePool, store_threads
@@ -79,6 +79,7 @@ class ShardWorker:
         self.prefetch = (ThreadPoolExecutor(1, thread_name_prefix="synthset-prefetch")
                          if overlap_encoding else _Inline())
         self.extension = EXTENSIONS[spec.output.image_format]
+        self.read = ShardReader(spec, keys)
         self.committer = ThreadPoolExecutor(1, thread_name_prefix="synthset-commit")
         self.committing: Future | None = None
         self._warm_io()
@@ -87,11 +88,13 @@ class ShardWorker:
         """Generate and commit one shard; returns the content of its marker."""
         return self.start(shard, on_progress).result()
 
-    def start(self, shard: Shard, on_progress: ProgressCallback | None = None) -> Future:
+    def start(self, shard: Shard, on_progress: ProgressCallback | None = None,
+              upcoming: Shard | None = None) -> Future:
         """Generate one shard and hand its commit to the commit thread; the future holds
         its marker. The commit (last uploads, metadata, packed object, marker) overlaps
         the next shard's generation. At most one commit waits while a shard generates,
-        so a slow store holds generation back instead of piling shards up in memory."""
+        so a slow store holds generation back instead of piling shards up in memory.
+        ``upcoming``, the shard due next, has its input read while this one generates."""
         started = time.time()
         folder = self.folder.scoped()  # this shard's own retry count
         name = self.keys.shard_name(shard.id)
@@ -104,7 +107,9 @@ class ShardWorker:
             done.set_result(writer.commit(pa.table({}), {}))  # writes nothing; that marker
             return done
         timings: Counter[str] = Counter()
-        table, samples = read_shard(shard, self.spec, self.keys, timings)
+        table, samples = self.read(shard, timings)
+        if upcoming is not None:
+            self.read.ahead(upcoming)
         run = ShardRun(shard, name, table, samples, writer, folder, started, timings)
         if shard.retry_keys is not None:
             # --retry-failed reopened the commit: every sample not retried takes its

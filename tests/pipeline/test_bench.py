@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pyarrow.parquet as pq
 
 from pipeline.bench import run_bench
+from pipeline.bench_device import device_table
 
-MODES = ("raw", "local", "s3", "ray-data")
+MODES = ("raw", "invariant", "local", "s3", "ray-data")
 
 
 def _bench_args(tmp_path, **over) -> argparse.Namespace:
@@ -37,6 +39,8 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
     # the ratios are the rates divided, not estimates
     local, raw, rd = (float(table[m][3]) for m in ("local", "raw", "ray-data"))
     assert abs(float(table["local"][5]) - local / raw) < 0.01
+    # batch invariance (each image drawn alone) is its own row, priced against the plain loop
+    assert abs(float(table["invariant"][5]) - float(table["invariant"][3]) / raw) < 0.01
     assert abs(float(table["local"][6]) - local / rd) < 0.01
     assert "rounds=2" in report and all(0 <= int(c[4].rstrip("%")) < 100 for c in table.values())
     # uploads: objects and MiB per second, from what the markers counted
@@ -68,6 +72,47 @@ def test_bench_quality_mode_runs_the_scorers_and_prints_the_ratio(ray_local, tmp
     assert abs(ratio - float(table["quality"][3]) / float(table["local"][3])) < 0.02, report
     scored = pq.read_table(tmp_path / "quality" / "00000.parquet", columns=["phash"])
     assert scored.column("phash").null_count == 0  # the quality mode really scored
-    assert not os.path.exists(tmp_path / "local" / "_duplicates.parquet")  # local: none
-    assert os.path.exists(tmp_path / "quality" / "_duplicates.parquet")
+    assert not os.path.exists(tmp_path / "local" / "_duplicates.pq")  # local: none
+    assert os.path.exists(tmp_path / "quality" / "_duplicates.pq")
     print(report)
+
+
+def test_the_raw_loop_is_one_pipeline_call_per_batch_and_invariance_one_per_image():
+    import types
+
+    import torch
+
+    from models.base import GenerationParams
+    from pipeline.bench import _draw_alone, _draw_batch
+
+    calls = []
+
+    def pipe(**kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(images=[0] * len(kwargs["prompt"]))
+    pipe.device = torch.device("cpu")
+    model = types.SimpleNamespace(pipe=pipe, encode_prompt=lambda p: ("embeds", p),
+                                  generate=lambda e, s, p: calls.append((e, s)))
+    params = GenerationParams(64, 64, steps=4, guidance_scale=7.5)
+    _draw_batch(model, ["a", "b", "c"], [1, 2, 3], params)
+    assert len(calls) == 1 and calls[0]["prompt"] == ["a", "b", "c"]
+    assert [g.initial_seed() for g in calls[0]["generator"]] == [1, 2, 3]
+    assert calls[0]["num_inference_steps"] == 4 and calls[0]["guidance_scale"] == 7.5
+    calls.clear()
+    _draw_alone(model, ["a", "b"], [1, 2], params)
+    assert calls == [(("embeds", ["a"]), [1]), (("embeds", ["b"]), [2])]
+
+
+def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_local, tmp_path):
+    args = _bench_args(tmp_path, device_table=True, device_seconds=1.0, device_rates=(64,),
+                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=32)
+    report = device_table(args)
+    rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
+    assert len(rows) == 1, report
+    fmt, rate, capacity, limit, pipe, vs, rd, rd_vs = rows[0]
+    assert int(rate) == 64 and float(limit) == min(64.0, float(capacity))
+    assert float(pipe) > 0 and abs(float(vs) - float(pipe) / float(limit)) < 0.01
+    assert float(rd) > 0 and abs(float(rd_vs) - float(rd) / float(limit)) < 0.01
+    # the cell ran the simulated device: 64 images committed, every one a success
+    success = json.loads((tmp_path / "device-jpeg-64" / "_SUCCESS").read_text())
+    assert success["successes"] == 64 and success["failed"] == 0

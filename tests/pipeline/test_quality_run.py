@@ -42,7 +42,7 @@ def test_quality_job_on_ray_is_placement_independent(ray_local, tmp_path, tiny_g
     assert q["draws"] > len(rows)  # rejected draws were redrawn (the tiny GAN draws noise)
     assert q["duplicates"]["rows"] == len(rows)
     assert q["variety"]["prompts"] == len(PROMPTS)
-    assert (tmp_path / "wds" / "_duplicates.parquet").exists()
+    assert (tmp_path / "wds" / "_duplicates.pq").exists()
     assert verify_output(OutputFolder(str(tmp_path / "wds"))).ok
     with tarfile.open(tmp_path / "wds" / "00000.tar") as tar:
         doc = json.load(tar.extractfile(next(m for m in tar if m.name.endswith(".json"))))

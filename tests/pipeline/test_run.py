@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.output.manifest import read_entries
 from pipeline.output.progress import read_status
 from pipeline.output.storage import OutputFolder
 from pipeline.runner import run_job
@@ -46,8 +47,9 @@ def test_end_to_end_files_layout(ray_local, tmp_path, tiny_gan):
     manifest = run_job(spec, show_progress=False)
     out = tmp_path / "out"
     assert sorted(n for n in os.listdir(out) if not n[0].isdigit()) == [
-        "_SUCCESS", "_job.json", "_progress.json"]
-    assert [m["shard_name"] for m in manifest["shards"]] == ["00000", "00001", "00002"]
+        "_SUCCESS", "_job.json", "_manifest.pq", "_progress.json"]
+    entries = read_entries(OutputFolder(str(out)), manifest)
+    assert [m["shard_name"] for m in entries] == ["00000", "00001", "00002"]
     assert manifest["successes"] == 26 and manifest["failed"] == 4
     rows = [r for n in ("00000", "00001", "00002")
             for r in pq.read_table(out / f"{n}.parquet").to_pylist()]
@@ -171,7 +173,7 @@ def test_a_zero_row_input_fails_unless_allowed(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["run", str(job), "--quiet", "--set", "input.allow_empty=true"]) == 0
     assert "the input had no rows" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["shards"] == []
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["shards_committed"] == 0
 
 
 def test_the_closing_hint_names_real_paths(ray_local, tmp_path, tiny_gan, capsys):
@@ -209,6 +211,6 @@ def test_a_complete_job_repairs_itself(ray_local, tmp_path, tiny_gan, capsys):
     assert {p.name: p.read_bytes() for p in out.rglob("*.png")} == original
     assert main(["verify", str(out)]) == 0
     success = json.loads((out / "_SUCCESS").read_text())
-    assert success["repaired"] == ["00002"] and len(success["shards"]) == 3
+    assert success["repaired"] == ["00002"] and success["shards_committed"] == 3
     assert main(["report", str(out)]) == 0
     assert "regenerated after they were lost or damaged: 00002" in (out / "report.html").read_text()

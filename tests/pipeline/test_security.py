@@ -113,7 +113,7 @@ def secret_job(ray_local, s3_endpoint, tmp_path_factory):
 def test_ids_never_become_object_names(secret_job):
     fs, out, _, _ = secret_job
     names = sorted(p[len(out) + 1:] for p in fs.find(out))
-    allowed = re.compile(r"^(_job\.json|_progress\.json|_SUCCESS|\d{5}\.parquet|"
+    allowed = re.compile(r"^(_job\.json|_progress\.json|_SUCCESS|_manifest\.pq|\d{5}\.parquet|"
                          r"\d{5}_stats\.json|\d{5}/\d{9}\.png)$")
     assert names and all(allowed.match(n) for n in names), names
     rows = [r for n in names if n.endswith(".parquet")

@@ -168,6 +168,7 @@ def test_a_committed_marker_beats_attempt_counts(ray_local, tmp_path):
     from pipeline.executor import RayExecutor
     from pipeline.input.shards import plan_shards
     from pipeline.output.layout import marker_name
+    from pipeline.output.manifest import Ledger
     from pipeline.output.progress import Progress
     from pipeline.output.storage import OutputFolder
     from pipeline.runner import make_plan
@@ -179,7 +180,7 @@ def test_a_committed_marker_beats_attempt_counts(ray_local, tmp_path):
     plan = make_plan(spec)
     folder = OutputFolder(spec.output.path)
     folder.write_json(marker_name("00000"), {"shard": 0, "successes": 6, "failed": 0})
-    progress = Progress(folder, plan.fingerprint, 2, 12, 1, [], show_bar=False)
+    progress = Progress(folder, plan.fingerprint, 2, 12, 1, Ledger(folder, []), show_bar=False)
 
     def committed(shard_id):
         return folder.read_json(marker_name(plan.keys.shard_name(shard_id)))

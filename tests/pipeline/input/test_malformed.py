@@ -146,7 +146,7 @@ def test_zero_row_file_is_a_completed_job_with_no_images_when_allowed(tmp_path):
     spec = build_spec({"input": {"path": src, "allow_empty": True}, "model": {"family": "null"},
                        "output": {"path": str(out)}})
     manifest = run_job(spec, show_progress=False)  # no shard, so no Ray and no actor
-    assert manifest["shards"] == [] and manifest["successes"] == manifest["failed"] == 0
+    assert manifest["shards_committed"] == 0 and manifest["successes"] == manifest["failed"] == 0
     assert manifest["plan"]["prompts"] == 0
     assert verify_output(OutputFolder(str(out))).ok
 

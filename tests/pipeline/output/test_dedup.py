@@ -114,7 +114,7 @@ def test_planted_copies_group_and_distinct_scenes_do_not(planted):
     key = {r["prompt"]: r["key"] for r in rows if r["prompt"] != "copy 0"}
     copies0 = {r["key"] for r in rows if r["prompt"] == "copy 0"}
     summary = write_duplicates(folder, threshold=4)
-    table = pq.read_table(folder.display("_duplicates.parquet"))
+    table = pq.read_table(folder.display("_duplicates.pq"))
     groups = _groups(table)
     assert frozenset({key["scene 0"], *copies0}) in groups  # exact copies (equal sha256)
     assert frozenset({key["scene 1"], key["jpeg 1"]}) in groups  # re-encoded
@@ -125,7 +125,7 @@ def test_planted_copies_group_and_distinct_scenes_do_not(planted):
     assert summary["groups"] == len(groups) and summary["rows"] == len(PROMPTS)
     for r in table.to_pylist():  # the representative is the group's first key
         assert r["representative"] == min(k for g in groups if r["key"] in g for k in g)
-    assert verify_output(folder).ok  # _duplicates.parquet is bookkeeping, not an orphan
+    assert verify_output(folder).ok  # _duplicates.pq is bookkeeping, not an orphan
 
 
 @pytest.mark.xfail(strict=True, reason="imagehash's 64-bit pHash moves 8-30 bits when a "
@@ -145,12 +145,12 @@ def test_dedup_command_reruns_with_another_threshold(planted, capsys):
     assert main(["dedup", folder.display(), "--threshold", str(shift_bits), "--bands",
                  str(shift_bits + 1)]) == 0
     assert "duplicate groups" in capsys.readouterr().out
-    groups = _groups(pq.read_table(folder.display("_duplicates.parquet")))
+    groups = _groups(pq.read_table(folder.display("_duplicates.pq")))
     assert frozenset({key["scene 2"], key["shift 2"]}) in groups
     manifest = json.loads(open(folder.display("_SUCCESS")).read())
     assert manifest["quality"]["duplicates"]["threshold"] == shift_bits
     assert main(["dedup", folder.display(), "--threshold", "0"]) == 0
-    groups = _groups(pq.read_table(folder.display("_duplicates.parquet")))
+    groups = _groups(pq.read_table(folder.display("_duplicates.pq")))
     assert shift_bits > 0 and not any(key["shift 2"] in g for g in groups)
     assert any(key["scene 0"] in g and len(g) == 3 for g in groups)  # exact copies still
 

@@ -10,6 +10,8 @@ import pytest
 import s3fs
 
 from pipeline.cli import main
+from pipeline.output.manifest import read_entries
+from pipeline.output.storage import OutputFolder
 from pipeline.runner import run_job
 from pipeline.spec import build_spec
 from tests.conftest import write_prompts
@@ -51,16 +53,18 @@ def _download(fs, url, suffix, tmp_path) -> list[str]:
 
 
 def test_layouts_markers_and_manifest(outputs):
-    for fmt, (url, _, fs) in outputs.items():
+    for fmt, (url, options, fs) in outputs.items():
         names = sorted(p.split(f"/{fmt}/", 1)[1] for p in fs.find(url))
         top = [n for n in names if "/" not in n]
         data = {"files": ["00000.parquet"], "webdataset": ["00000.parquet", "00000.tar"],
                 "parquet": ["00000.parquet"]}[fmt]
         assert [n for n in top if n.startswith("00000")] == data + ["00000_stats.json"]
         manifest = json.loads(fs.cat(f"{url}/_SUCCESS"))
-        assert [s["shard_name"] for s in manifest["shards"]] == ["00000", "00001", "00002"]
+        entries = read_entries(OutputFolder(url, options), manifest)
+        assert [s["shard_name"] for s in entries] == ["00000", "00001", "00002"]
         assert manifest["successes"] == 9 and manifest["failed"] == 1
-        for shard in manifest["shards"]:
+        assert manifest["manifest"]["name"] == "_manifest.pq"
+        for shard in entries:
             for name, sha in shard["objects"].items():
                 assert hashlib.sha256(fs.cat(f"{url}/{name}")).hexdigest() == sha
         stats = json.loads(fs.cat(f"{url}/00001_stats.json"))
