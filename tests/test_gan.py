@@ -13,6 +13,8 @@ from models.encoders import TextEncoder, save_tiny_encoder
 from models.gan import GanConfig, GanImageModel
 from models.scenes import write_dataset
 from models.train import load_train_config, run_training
+from models.train.gan_loop import mode_seeking_ratio
+from models.train.runner import build_trainer
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "models", "weights", "gan-scenes-64")
 PROMPTS = ["a small red circle on the left on a blue background",
@@ -112,6 +114,32 @@ def test_fine_tune_from_an_exported_folder(tiny_dir, train_cfg, tmp_path):
     assert set(after) >= {k for k in before if k.startswith("generator.")}
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert GanImageModel.from_pretrained(out).config.image_size == 16
+
+
+def _ratio_after_training(cfg: list[str], weight: float, steps: int = 15) -> tuple[float, dict]:
+    # a G that starts out ignoring its noise (z columns of the first layer zeroed)
+    trainer = build_trainer(load_train_config(None, cfg + [f"mode_seeking_weight={weight}",
+                                                           "resume=false"]))
+    z_dim = trainer.config.z_dim
+    with torch.no_grad():
+        trainer.generator.fc.weight[:, :z_dim] = 0
+    losses = [trainer.step() for _ in range(steps)]
+    tok, mask = trainer.bank.take(torch.arange(8))
+    z1, z2 = torch.randn(2, 8, z_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fakes = [trainer.generator(z, tok, mask) for z in (z1, z2)]
+    return float(mode_seeking_ratio(*fakes, z1, z2)), losses[-1]
+
+
+def test_mode_seeking_term_makes_g_use_its_noise(train_cfg, tmp_path):
+    cfg = train_cfg + [f"out_dir={tmp_path}/ms"]
+    plain, plain_losses = _ratio_after_training(cfg, 0.0)
+    seeking, losses = _ratio_after_training(cfg, 1.0)
+    assert "ms_ratio" not in plain_losses  # λ = 0: the loss of runs before the option
+    assert losses["ms_loss"] == pytest.approx(1.0 / (losses["ms_ratio"] + 1e-5), rel=1e-3)
+    assert seeking > 2.5 * plain, (seeking, plain)  # measured: 3.8x
+    same = torch.ones(2, 3, 4, 4)
+    assert float(mode_seeking_ratio(same, same, torch.zeros(2, 8), torch.ones(2, 8))) == 0.0
 
 
 def test_shipped_checkpoint_draws_64px_scenes():

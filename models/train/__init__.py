@@ -24,6 +24,7 @@ DEFAULTS: dict = {
     "ema_decay": 0.999,
     "mismatch_weight": 0.5,
     "hard_negatives": 0.5,  # share of mismatched captions that differ in only 1-2 words
+    "mode_seeking_weight": 0.0,  # λ of the MSGAN mode-seeking term in G's loss (gan only)
     "image_size": 64,
     "out_dir": "runs/gan",
     "export_dir": None,  # default: OUT_DIR/export
