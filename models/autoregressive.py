@@ -7,8 +7,11 @@ from "blue on red"). Padded prefix tokens are masked out as keys, so a prompt's
 prefix means the same in any batch. Training replaces a share of the prefixes with
 one learned null token, which enables classifier-free guidance at sampling time.
 Sampling (:mod:`models.ar_sampling`) runs token by token with a KV cache, temperature
-and top-k, and draws from a per-sample ``torch.Generator``. The tokens are turned
-into pixels by the VQ-VAE of :mod:`models.vq`.
+and top-k, and draws from a per-sample ``torch.Generator``. With ``batch_invariant``
+(the pipeline's ``runtime.deterministic``) each image is sampled alone, so it is
+byte-identical whatever its batch; without it a whole batch advances together, one
+KV-cached forward per token. The tokens are turned into pixels by the VQ-VAE of
+:mod:`models.vq`.
 """
 
 from __future__ import annotations
@@ -177,7 +180,8 @@ class ARImageModel(ImageModel):
     """A trained (or random) AR transformer, its VQ tokenizer and text encoder, for the pipeline."""
 
     def __init__(self, transformer: ImageTransformer, vq: VQVAE, encoder: TextEncoder,
-                 config: ARConfig, model_id: str = "", options: dict | None = None):
+                 config: ARConfig, model_id: str = "", options: dict | None = None,
+                 batch_invariant: bool = True):
         if encoder.dim != config.text_dim:
             raise ValueError(f"encoder {encoder.path} has hidden size {encoder.dim}, "
                              f"but the model was built for text_dim={config.text_dim}")
@@ -190,6 +194,10 @@ class ARImageModel(ImageModel):
         self.encoder, self.config, self.model_id = encoder, config, model_id
         self.defaults = {**{k: getattr(config, k) for k in SAMPLING_OPTIONS}, **(options or {})}
         self.native_size = (config.image_size, config.image_size)
+        # True: one sequence per image (images independent of their batch); False: the
+        # batch samples together, several times faster, image bytes may vary with the batch.
+        # The pipeline worker sets it from runtime.deterministic.
+        self.batch_invariant = batch_invariant
 
     @classmethod
     def from_config(cls, config: ARConfig, encoder: TextEncoder | None = None,
@@ -209,8 +217,11 @@ class ARImageModel(ImageModel):
 
         ``encoder_path`` overrides the encoder in the config (None there means the
         shipped MiniLM; a relative path is relative to ``path``); ``options`` override
-        the sampling defaults (``temperature``, ``top_k``, ``guidance_scale``).
+        the sampling defaults (``temperature``, ``top_k``, ``guidance_scale``) and may
+        set ``batch_invariant`` (default True: one sequence per image).
         """
+        options = dict(options or {})
+        batch_invariant = bool(options.pop("batch_invariant", True))
         config = load_config(path)
         encoder = TextEncoder(encoder_path or resolve_encoder(path, config.encoder),
                               device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -218,7 +229,7 @@ class ARImageModel(ImageModel):
         transformer.load_state_dict(load_weights(path, "transformer."))
         vq.load_state_dict(load_weights(path, "vq."))
         return cls(transformer.to(device, dtype), vq.to(device, dtype), encoder, config,
-                   model_id=path, options=options)
+                   model_id=path, options=options, batch_invariant=batch_invariant)
 
     def save_pretrained(self, path: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` (transformer + whole VQ-VAE)."""
@@ -249,6 +260,8 @@ class ARImageModel(ImageModel):
         if len(seeds) != len(embeds):
             raise ValueError(f"got {len(seeds)} seeds for {len(embeds)} prompts")
         knobs = self.sampling(params)
+        if not self.batch_invariant:
+            return self._batch(embeds, seeds, knobs)
         # one sequence per image on its unpadded prefix: batched kernels change float
         # rounding, and image i must not depend on the rest of its batch
         return np.concatenate([self._one(embeds, i, seed, knobs) for i, seed in enumerate(seeds)])
@@ -260,6 +273,15 @@ class ARImageModel(ImageModel):
         mask = torch.ones(text.shape[:2], dtype=torch.bool, device=param.device)
         generator = torch.Generator("cpu").manual_seed(seed)
         ids = sample_tokens(self.transformer, text, mask, [generator], **knobs)
+        return to_uint8(self.vq.decode(ids))
+
+    def _batch(self, embeds: TextEncoding, seeds: list[int], knobs: dict) -> np.ndarray:
+        """All rows at once on padded prefixes (pads are masked keys); one generator per row."""
+        param = next(self.transformer.parameters())
+        text = embeds.tokens.to(param.device, param.dtype)
+        mask = embeds.mask.bool().to(param.device)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        ids = sample_tokens(self.transformer, text, mask, generators, **knobs)
         return to_uint8(self.vq.decode(ids))
 
 

@@ -116,7 +116,7 @@ def test_fine_tune_from_an_exported_folder(tiny_dir, train_cfg, tmp_path):
     assert GanImageModel.from_pretrained(out).config.image_size == 16
 
 
-def _ratio_after_training(cfg: list[str], weight: float, steps: int = 15) -> tuple[float, dict]:
+def _ratio_after_training(cfg: list[str], weight: float, steps: int = 30) -> tuple[float, dict]:
     # a G that starts out ignoring its noise (z columns of the first layer zeroed)
     trainer = build_trainer(load_train_config(None, cfg + [f"mode_seeking_weight={weight}",
                                                            "resume=false"]))
@@ -137,7 +137,7 @@ def test_mode_seeking_term_makes_g_use_its_noise(train_cfg, tmp_path):
     seeking, losses = _ratio_after_training(cfg, 1.0)
     assert "ms_ratio" not in plain_losses  # λ = 0: the loss of runs before the option
     assert losses["ms_loss"] == pytest.approx(1.0 / (losses["ms_ratio"] + 1e-5), rel=1e-3)
-    assert seeking > 2.5 * plain, (seeking, plain)  # measured: 3.8x
+    assert seeking > 2.5 * plain, (seeking, plain)  # measured: 5.2x
     same = torch.ones(2, 3, 4, 4)
     assert float(mode_seeking_ratio(same, same, torch.zeros(2, 8), torch.ones(2, 8))) == 0.0
 

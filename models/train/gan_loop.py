@@ -170,17 +170,23 @@ class GanTrainer:
 
     def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor,
                         mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Hinge G loss; with λ > 0 also over a second noise z2 plus the mode-seeking term."""
+        """Hinge G loss; with λ > 0 half the batch is redrawn with a second noise z2.
+
+        The first half of the captions is drawn twice (z1 and z2) and the mode-seeking
+        term compares the two halves, so the step costs what a plain one does.
+        """
         weight = self.settings.mode_seeking_weight
-        if not weight:  # exactly the loss (and random draws) of runs before the option
-            with self._autocast():
-                fake = self.generator(z, tok, mask)
-                return -self.discriminator(fake, tok, mask).float().mean(), {}
-        z2 = torch.randn(z.shape, generator=self.sampler).to(z.device)
+        if weight:
+            half = max(1, len(z) // 2)
+            z2 = torch.randn(z[:half].shape, generator=self.sampler).to(z.device)
+            z, tok, mask = torch.cat([z[:half], z2]), tok[:half].repeat(2, 1, 1), \
+                mask[:half].repeat(2, 1)
         with self._autocast():
-            both = self.generator(torch.cat([z, z2]), tok.repeat(2, 1, 1), mask.repeat(2, 1))
-            adv = -self.discriminator(both, tok.repeat(2, 1, 1), mask.repeat(2, 1)).float().mean()
-        ratio = mode_seeking_ratio(*both.float().chunk(2), z, z2)
+            fake = self.generator(z, tok, mask)
+            adv = -self.discriminator(fake, tok, mask).float().mean()
+        if not weight:  # exactly the loss (and random draws) of runs before the option
+            return adv, {}
+        ratio = mode_seeking_ratio(*fake.float().chunk(2), *z.chunk(2))
         ms = weight / (ratio + 1e-5)
         return adv + ms, dict(ms_ratio=ratio.item(), ms_loss=ms.item())
 
