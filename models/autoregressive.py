@@ -75,6 +75,27 @@ class ARConfig:
         return self.vq_config.grid ** 2
 
 
+class KVCache:
+    """One layer's keys/values of the earlier positions, (B, H, L, hd), in buffers of fixed
+    capacity: appending writes in place, where ``torch.cat`` would copy the whole cache
+    at every token (most of a batched sampling step's time)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's (B, H, n, hd) keys/values; returns all of them so far."""
+        if self.keys is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.keys, self.values = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + k.shape[2]
+        self.keys[:, :, self.length:end], self.values[:, :, self.length:end] = k, v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention that appends this call's keys/values to ``cache`` if given."""
 
@@ -85,13 +106,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                cache: list | None) -> torch.Tensor:
+                cache: KVCache | None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            if cache:  # keys/values of the earlier positions, (B, H, L, hd)
-                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
-            cache[:] = [k, v]
+            k, v = cache.append(k, v)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
@@ -108,7 +127,7 @@ class Block(nn.Module):
                                  nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                cache: list | None = None) -> torch.Tensor:
+                cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), mask, cache)
         return x + self.mlp(self.ln2(x))
 
@@ -149,7 +168,7 @@ class ImageTransformer(nn.Module):
         return prefix, mask
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None,
-             caches: list[list] | None = None) -> torch.Tensor:
+             caches: list[KVCache] | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if caches is None else caches[i])
         return self.head(self.ln_f(x))
@@ -167,7 +186,8 @@ class ImageTransformer(nn.Module):
         """Run prefix + BOS once; returns logits for img_0 (B, K) and the per-layer KV cache."""
         bos = self.tok_emb.weight[self.bos] + self.pos_emb[0]
         x = torch.cat([prefix, bos.expand(prefix.shape[0], 1, -1)], 1)
-        caches: list[list] = [[] for _ in self.blocks]
+        # room for the prefix, BOS and every image token but the last (never fed back)
+        caches = [KVCache(x.shape[1] + self.pos_emb.shape[0] - 1) for _ in self.blocks]
         return self._run(x, _causal_mask(key_mask, x.shape[1]), caches)[:, -1], caches
 
     def decode(self, ids: torch.Tensor, pos: int, caches: list, keys: torch.Tensor) -> torch.Tensor:
