@@ -148,3 +148,16 @@ def test_shipped_checkpoint_draws_64px_scenes():
     images = model.generate(model.encode_prompt(PROMPTS[:2]), [0, 1], GenerationParams(64, 64))
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
     assert images.std() > 10  # not a blank canvas
+
+
+def test_shipped_gan_draws_a_different_image_per_seed():
+    # the first shipped weights ignored their noise: every pair below 2 grey levels
+    from models.variety import SAME_THRESHOLD, pair_differences
+
+    model = GanImageModel.from_pretrained(SHIPPED)
+    prompts = [p for p in PROMPTS if p != "a cat"] + \
+        ["a large yellow circle at the bottom on a red background"]
+    diffs = [pair_differences(model.generate(model.encode_prompt([p] * 4), [0, 1, 2, 3],
+                                             GenerationParams(64, 64))) for p in prompts]
+    assert all(d.max() > SAME_THRESHOLD for d in diffs)  # no prompt whose seeds look alike
+    assert np.mean(np.concatenate(diffs) < SAME_THRESHOLD) < 0.4  # measured: 0.17
