@@ -7,8 +7,11 @@ from "blue on red"). Padded prefix tokens are masked out as keys, so a prompt's
 prefix means the same in any batch. Training replaces a share of the prefixes with
 one learned null token, which enables classifier-free guidance at sampling time.
 Sampling (:mod:`models.ar_sampling`) runs token by token with a KV cache, temperature
-and top-k, and draws from a per-sample ``torch.Generator``. The tokens are turned
-into pixels by the VQ-VAE of :mod:`models.vq`.
+and top-k, and draws from a per-sample ``torch.Generator``. With ``batch_invariant``
+(the pipeline's ``runtime.deterministic``) each image is sampled alone, so it is
+byte-identical whatever its batch; without it a whole batch advances together, one
+KV-cached forward per token. The tokens are turned into pixels by the VQ-VAE of
+:mod:`models.vq`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,27 @@ class ARConfig:
         return self.vq_config.grid ** 2
 
 
+class KVCache:
+    """One layer's keys/values of the earlier positions, (B, H, L, hd), in buffers of fixed
+    capacity: appending writes in place, where ``torch.cat`` would copy the whole cache
+    at every token (most of a batched sampling step's time)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's (B, H, n, hd) keys/values; returns all of them so far."""
+        if self.keys is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.keys, self.values = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + k.shape[2]
+        self.keys[:, :, self.length:end], self.values[:, :, self.length:end] = k, v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention that appends this call's keys/values to ``cache`` if given."""
 
@@ -80,13 +104,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                cache: list | None) -> torch.Tensor:
+                cache: KVCache | None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            if cache:  # keys/values of the earlier positions, (B, H, L, hd)
-                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
-            cache[:] = [k, v]
+            k, v = cache.append(k, v)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
@@ -103,7 +125,7 @@ class Block(nn.Module):
                                  nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                cache: list | None = None) -> torch.Tensor:
+                cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), mask, cache)
         return x + self.mlp(self.ln2(x))
 
@@ -144,7 +166,7 @@ class ImageTransformer(nn.Module):
         return prefix, mask
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None,
-             caches: list[list] | None = None) -> torch.Tensor:
+             caches: list[KVCache] | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if caches is None else caches[i])
         return self.head(self.ln_f(x))
@@ -162,7 +184,8 @@ class ImageTransformer(nn.Module):
         """Run prefix + BOS once; returns logits for img_0 (B, K) and the per-layer KV cache."""
         bos = self.tok_emb.weight[self.bos] + self.pos_emb[0]
         x = torch.cat([prefix, bos.expand(prefix.shape[0], 1, -1)], 1)
-        caches: list[list] = [[] for _ in self.blocks]
+        # room for the prefix, BOS and every image token but the last (never fed back)
+        caches = [KVCache(x.shape[1] + self.pos_emb.shape[0] - 1) for _ in self.blocks]
         return self._run(x, _causal_mask(key_mask, x.shape[1]), caches)[:, -1], caches
 
     def decode(self, ids: torch.Tensor, pos: int, caches: list, keys: torch.Tensor) -> torch.Tensor:
@@ -175,7 +198,8 @@ class ARImageModel(ImageModel):
     """A trained (or random) AR transformer, its VQ tokenizer and text encoder, for the pipeline."""
 
     def __init__(self, transformer: ImageTransformer, vq: VQVAE, encoder: TextEncoder,
-                 config: ARConfig, model_id: str = "", options: dict | None = None):
+                 config: ARConfig, model_id: str = "", options: dict | None = None,
+                 batch_invariant: bool = True):
         if encoder.dim != config.text_dim:
             raise ValueError(f"encoder {encoder.path} has hidden size {encoder.dim}, "
                              f"but the model was built for text_dim={config.text_dim}")
@@ -188,6 +212,10 @@ class ARImageModel(ImageModel):
         self.encoder, self.config, self.model_id = encoder, config, model_id
         self.defaults = {**{k: getattr(config, k) for k in SAMPLING_OPTIONS}, **(options or {})}
         self.native_size = (config.image_size, config.image_size)
+        # True: one sequence per image (images independent of their batch); False: the
+        # batch samples together, several times faster, image bytes may vary with the batch.
+        # The pipeline worker sets it from runtime.deterministic.
+        self.batch_invariant = batch_invariant
 
     @classmethod
     def from_config(cls, config: ARConfig, encoder: TextEncoder | None = None,
@@ -207,8 +235,11 @@ class ARImageModel(ImageModel):
 
         ``encoder_path`` overrides the encoder in the config (None there means the
         shipped MiniLM; a relative path is relative to ``path``); ``options`` override
-        the sampling defaults (``temperature``, ``top_k``, ``guidance_scale``).
+        the sampling defaults (``temperature``, ``top_k``, ``guidance_scale``) and may
+        set ``batch_invariant`` (default True: one sequence per image).
         """
+        options = dict(options or {})
+        batch_invariant = bool(options.pop("batch_invariant", True))
         config = load_config(path)
         encoder = TextEncoder(encoder_path or resolve_encoder(path, config.encoder),
                               device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -216,7 +247,7 @@ class ARImageModel(ImageModel):
         transformer.load_state_dict(load_weights(path, "transformer."))
         vq.load_state_dict(load_weights(path, "vq."))
         return cls(transformer.to(device, dtype), vq.to(device, dtype), encoder, config,
-                   model_id=path, options=options)
+                   model_id=path, options=options, batch_invariant=batch_invariant)
 
     def save_pretrained(self, path: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` (transformer + whole VQ-VAE)."""
@@ -247,6 +278,8 @@ class ARImageModel(ImageModel):
         if len(seeds) != len(embeds):
             raise ValueError(f"got {len(seeds)} seeds for {len(embeds)} prompts")
         knobs = self.sampling(params)
+        if not self.batch_invariant:
+            return self._batch(embeds, seeds, knobs)
         # one sequence per image on its unpadded prefix: batched kernels change float
         # rounding, and image i must not depend on the rest of its batch
         return np.concatenate([self._one(embeds, i, seed, knobs) for i, seed in enumerate(seeds)])
@@ -258,6 +291,15 @@ class ARImageModel(ImageModel):
         mask = torch.ones(text.shape[:2], dtype=torch.bool, device=param.device)
         generator = torch.Generator("cpu").manual_seed(seed)
         ids = sample_tokens(self.transformer, text, mask, [generator], **knobs)
+        return to_uint8(self.vq.decode(ids))
+
+    def _batch(self, embeds: TextEncoding, seeds: list[int], knobs: dict) -> np.ndarray:
+        """All rows at once on padded prefixes (pads are masked keys); one generator per row."""
+        param = next(self.transformer.parameters())
+        text = embeds.tokens.to(param.device, param.dtype)
+        mask = embeds.mask.bool().to(param.device)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        ids = sample_tokens(self.transformer, text, mask, generators, **knobs)
         return to_uint8(self.vq.decode(ids))
 
 

@@ -27,6 +27,13 @@ POSITIONS = {
     "at the bottom": (0.5, 0.75), "in the center": (0.5, 0.5),
 }
 SIDE = {"small": 0.25, "large": 0.5}  # object extent as a fraction of the image side
+# opt-in wide jitter (render(..., jitter="wide")): side drawn anywhere inside its size class,
+# centre anywhere within WIDE_SHIFT of its anchor on each axis. Both keep a margin from the
+# checker's boundaries (side 0.375; position cells 0.125 from an anchor), so every
+# captioned attribute still reads back.
+WIDE_SIDE = {"small": (0.19, 0.31), "large": (0.43, 0.54)}
+WIDE_SHIFT = 0.08
+JITTERS = ("small", "wide")
 ATTRIBUTES = ["colour", "background", "position", "shape", "size"]
 IDEAL_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 _RGB = np.array(list(PALETTE.values()), dtype=np.float32)  # (8, 3)
@@ -59,14 +66,23 @@ def split(name: str, fraction: float = 0.1) -> list[dict]:
     return [a for a in all_combinations() if is_heldout(a, fraction) == (name == "heldout")]
 
 
-def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Draw one scene as uint8 (size, size, 3); ``rng`` adds small shift/scale jitter."""
+def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None,
+           jitter: str = "small") -> np.ndarray:
+    """Draw one scene as uint8 (size, size, 3); ``rng`` adds shift/scale jitter.
+
+    ``jitter="small"`` (the default, which the shipped data and demo use) shifts by up
+    to 4% and shrinks by up to 15%; ``"wide"`` uses the whole of the ranges above.
+    """
+    if jitter not in JITTERS:
+        raise ValueError(f"jitter must be one of {JITTERS}, got {jitter!r}")
     scale = 4  # draw big, then downsample: anti-aliased edges
     big = size * scale
     image = Image.new("RGB", (big, big), PALETTE[attrs["background"]])
     half = SIDE[attrs["size"]] * big / 2
     cx, cy = (f * big for f in POSITIONS[attrs["position"]])
-    if rng is not None:
+    if rng is not None and jitter == "wide":
+        half, cx, cy = _wide_jitter(attrs, big, rng)
+    elif rng is not None:
         half *= rng.uniform(0.85, 1.0)
         cx, cy = (_jitter(v, half, big, rng) for v in (cx, cy))
     box = [cx - half, cy - half, cx + half - 1, cy + half - 1]
@@ -86,6 +102,15 @@ def _jitter(centre: float, half: float, big: int, rng: np.random.Generator) -> f
     return float(np.clip(moved, half, big - half))
 
 
+def _wide_jitter(attrs: dict, big: int, rng: np.random.Generator) -> tuple[float, ...]:
+    # half side, then the centre: uniform around the anchor, clipped inside the frame
+    half = rng.uniform(*WIDE_SIDE[attrs["size"]]) * big / 2
+    anchor = POSITIONS[attrs["position"]]
+    cx, cy = (float(np.clip((f + rng.uniform(-WIDE_SHIFT, WIDE_SHIFT)) * big, half, big - half))
+              for f in anchor)
+    return half, cx, cy
+
+
 def nearest_colour(pixels: np.ndarray) -> np.ndarray:
     """Palette index of each RGB pixel, (..., 3) -> (...).
 
@@ -99,25 +124,47 @@ def nearest_colour(pixels: np.ndarray) -> np.ndarray:
 
 def analyse(image: np.ndarray) -> dict:
     """Read the five attributes back from a uint8 (H, W, 3) image; unreadable ones are None."""
-    h, w, _ = image.shape
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    bg = int(np.bincount(nearest_colour(border), minlength=8).argmax())
-    far = np.sqrt(((image.astype(np.float32) - _RGB[bg]) ** 2).sum(-1)) > 50
-    labels = nearest_colour(image)
-    fg = _denoise(far & (labels != bg))
+    bg, labels, fg = _foreground(image)
     result = dict(background=COLOURS[bg], colour=None, position=None, shape=None, size=None)
-    if fg.sum() < 6:
+    box = _box(fg)
+    if box is None:
         return result
     result["colour"] = COLOURS[int(np.bincount(labels[fg], minlength=8).argmax())]
-    ys, xs = np.nonzero(fg)
-    shape = _shape(fg[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
-    # bounding-box centre, not centroid: a triangle's centroid sits below its centre
-    centre = ((xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h)
-    side = np.sqrt(fg.sum() / IDEAL_FILL[shape] / (h * w))
+    shape, centre, side = box
     result.update(shape=shape, size="large" if side > 0.375 else "small",
                   position=min(POSITIONS, key=lambda p: np.hypot(*np.subtract(POSITIONS[p],
                                                                               centre))))
     return result
+
+
+def locate(image: np.ndarray) -> tuple[float, float, float] | None:
+    """The object's box centre x, y and side, as fractions of the image; None if none found.
+
+    The same measurements :func:`analyse` turns into position and size.
+    """
+    box = _box(_foreground(image)[2])
+    return None if box is None else (*box[1], box[2])
+
+
+def _foreground(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    # background = the border's commonest palette colour; foreground = far from it, denoised
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    bg = int(np.bincount(nearest_colour(border), minlength=8).argmax())
+    far = np.sqrt(((image.astype(np.float32) - _RGB[bg]) ** 2).sum(-1)) > 50
+    labels = nearest_colour(image)
+    return bg, labels, _denoise(far & (labels != bg))
+
+
+def _box(fg: np.ndarray) -> tuple[str, tuple[float, float], float] | None:
+    """Shape, box centre (x, y) and side of a foreground mask (fractions), or None."""
+    if fg.sum() < 6:
+        return None
+    h, w = fg.shape
+    ys, xs = np.nonzero(fg)
+    shape = _shape(fg[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+    # bounding-box centre, not centroid: a triangle's centroid sits below its centre
+    centre = ((xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h)
+    return shape, centre, float(np.sqrt(fg.sum() / IDEAL_FILL[shape] / (h * w)))
 
 
 def _shape(box: np.ndarray) -> str:
@@ -141,7 +188,8 @@ def _denoise(mask: np.ndarray) -> np.ndarray:
 
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
-                  seed: int = 0, storage_options: dict | None = None) -> None:
+                  seed: int = 0, storage_options: dict | None = None,
+                  jitter: str = "small") -> None:
     """Write ``n`` jittered scenes of one split to a Parquet file at any fsspec ``url``.
 
     Columns: ``image`` (PNG bytes), ``caption`` and one column per attribute.
@@ -158,7 +206,7 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
     pngs = []
     for attrs in rows:
         buf = io.BytesIO()
-        Image.fromarray(render(attrs, size, rng)).save(buf, format="PNG")
+        Image.fromarray(render(attrs, size, rng, jitter)).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     columns = {"image": pa.array(pngs, pa.binary()), "caption": [caption(a) for a in rows]}
     columns.update({k: [a[k] for a in rows] for k in ATTRIBUTES})
@@ -176,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="train", choices=["train", "heldout"])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jitter", default="small", choices=JITTERS,
+                        help="small: the default shift/scale jitter; wide: see WIDE_SIDE")
     args = parser.parse_args(argv)
-    write_dataset(args.url, args.n, args.split, args.size, args.seed)
+    write_dataset(args.url, args.n, args.split, args.size, args.seed, jitter=args.jitter)
 
 
 if __name__ == "__main__":

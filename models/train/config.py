@@ -42,6 +42,8 @@ class TrainConfig(Section):
     mismatch_weight: float = Field(0.5, ge=0, le=1)
     hard_negatives: float = Field(0.5, ge=0, le=1, description="share of mismatched captions "
                                   "that differ in only 1-2 words")
+    mode_seeking_weight: float = Field(0.0, ge=0, description="λ of the MSGAN mode-seeking "
+                                       "term in G's loss (gan only; 0 = off)")
     image_size: int = Field(64, gt=0)
     out_dir: str = "runs/gan"
     export_dir: str | None = Field(None, description="default: OUT_DIR/export")

@@ -3,7 +3,9 @@
 D minimises ``relu(1 - D(x, t)) + w * relu(1 + D(G(z, t), t)) + (1 - w) * relu(1 + D(x, t'))``
 where ``t'`` is another caption (GAN-INT-CLS / DF-GAN: a real image under the wrong
 caption is a fake), so D must check the caption, not just realism. G minimises
-``-D(G(z, t), t)`` (hinge generator loss).
+``-D(G(z, t), t)`` (hinge generator loss), plus, with ``mode_seeking_weight`` λ > 0, the
+MSGAN mode-seeking term (Mao et al. 2019) ``λ / (mean|G(z1, t) - G(z2, t)| / mean|z1 - z2| + ε)``
+over two noises for the same captions, so that G cannot ignore its noise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from models.train.data import CaptionedImages
 from models.train.text_bank import TextBank
 
 
+def mode_seeking_ratio(fake1: torch.Tensor, fake2: torch.Tensor, z1: torch.Tensor,
+                       z2: torch.Tensor) -> torch.Tensor:
+    """MSGAN's mean|G(z1) - G(z2)| / mean|z1 - z2|: how far the images move per unit of noise."""
+    return (fake1 - fake2).abs().mean() / (z1 - z2).abs().mean()
+
+
 @dataclass
 class TrainSettings:
     """The optimisation knobs of one run (from the training YAML)."""
@@ -31,6 +39,7 @@ class TrainSettings:
     mismatch_weight: float = 0.5  # share of D's fake term given to real-image/wrong-caption pairs
     hard_negatives: float = 0.5  # share of wrong captions that are near misses (see above)
     bf16: bool = False  # autocast on CUDA only
+    mode_seeking_weight: float = 0.0  # λ of the MSGAN term; 0 = plain hinge G loss
 
 
 class GanTrainer:
@@ -107,15 +116,36 @@ class GanTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
-        with self._autocast():
-            g_loss = -self.discriminator(self.generator(z, tok, mask), tok, mask).float().mean()
+        g_loss, extra = self._generator_loss(z, tok, mask)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self._update_ema()
         self.step_count += 1
         return dict(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.item(),
-                    d_fake=d_fake.item(), d_wrong=d_wrong.item())
+                    d_fake=d_fake.item(), d_wrong=d_wrong.item(), **extra)
+
+    def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor,
+                        mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Hinge G loss; with λ > 0 half the batch is redrawn with a second noise z2.
+
+        The first half of the captions is drawn twice (z1 and z2) and the mode-seeking
+        term compares the two halves, so the step costs what a plain one does.
+        """
+        weight = self.settings.mode_seeking_weight
+        if weight:
+            half = max(1, len(z) // 2)
+            z2 = torch.randn(z[:half].shape, generator=self.sampler).to(z.device)
+            z, tok, mask = torch.cat([z[:half], z2]), tok[:half].repeat(2, 1, 1), \
+                mask[:half].repeat(2, 1)
+        with self._autocast():
+            fake = self.generator(z, tok, mask)
+            adv = -self.discriminator(fake, tok, mask).float().mean()
+        if not weight:  # exactly the loss (and random draws) of runs before the option
+            return adv, {}
+        ratio = mode_seeking_ratio(*fake.float().chunk(2), *z.chunk(2))
+        ms = weight / (ratio + 1e-5)
+        return adv + ms, dict(ms_ratio=ratio.item(), ms_loss=ms.item())
 
     @torch.no_grad()
     def _update_ema(self) -> None:

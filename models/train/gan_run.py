@@ -30,7 +30,7 @@ def _settings(cfg: dict) -> TrainSettings:
         lr_d=float(cfg.get("lr_d") or cfg["lr"]), betas=tuple(cfg["betas"]),
         ema_decay=float(cfg["ema_decay"]), mismatch_weight=float(cfg["mismatch_weight"]),
         hard_negatives=float(cfg["hard_negatives"]),
-        bf16=bool(cfg["bf16"]),
+        mode_seeking_weight=float(cfg["mode_seeking_weight"]), bf16=bool(cfg["bf16"]),
     )
 
 
