@@ -100,6 +100,31 @@ def evaluate_variety(model: ImageModel, prompt: str = FOUNDING_PROMPT, n_seeds: 
             "look_alike_pairs": look_alikes, "distinct_values": distinct}
 
 
+def contact_sheet(model: ImageModel, path: str, n_seeds: int = 8, n_characters: int = 3,
+                  scale: int = 2) -> list[str]:
+    """A PNG grid: the founding prompt and its English twin over seeds, then held-out
+    characters in English and in Chinese (first column: the true render, or blank).
+
+    Returns the row prompts, top to bottom (the image carries no text: no CJK font here).
+    """
+    from PIL import Image
+
+    prompts = [FOUNDING_PROMPT, "a cartoon-style character"]
+    truths: list[np.ndarray | None] = [None, None]
+    for combo in heldout_combos(n_characters, seed=1):
+        truth = cartoon.render(combo, 64)
+        prompts += [caption(combo, "en"), caption(combo, "zh")]
+        truths += [truth, truth]
+    rows = []
+    for prompt, truth in zip(prompts, truths, strict=True):
+        images = generate(model, [prompt] * n_seeds, list(range(n_seeds)))
+        first = truth if truth is not None else np.full_like(images[0], 255)
+        rows.append(np.concatenate([first, *images], 1))
+    grid = Image.fromarray(np.concatenate(rows, 0))
+    grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(path)
+    return prompts
+
+
 def format_table(results: list[dict]) -> str:
     """A Markdown table: one row per (source, language), one column per attribute."""
     head = ["source", "lang", "n", *ATTRIBUTES, "all"]
@@ -121,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=32, help="seeds for the variety check")
     parser.add_argument("--renders", action="store_true", help="score true renders too")
+    parser.add_argument("--sheet", metavar="PNG", help="also write a contact sheet here")
     args = parser.parse_args(argv)
     results = [evaluate_renders(args.limit)] if args.renders else []
     if args.model:
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         for prompt in (FOUNDING_PROMPT, "a cartoon character"):
             print(json.dumps(evaluate_variety(model, prompt, args.seeds, args.seed),
                              ensure_ascii=False))
+    if args.model and args.sheet:
+        print("\n".join(["contact sheet rows:", *contact_sheet(model, args.sheet)]))
 
 
 if __name__ == "__main__":
