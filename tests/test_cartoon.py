@@ -162,3 +162,13 @@ def test_shipped_cartoon_gan_loads_its_own_encoder_and_fits_the_budget():
     image = model.generate(model.encode_prompt([cartoon_text.FOUNDING_PROMPT]), [0],
                            GenerationParams(width=64, height=64))
     assert image.shape == (1, 64, 64, 3) and image.std() > 5
+
+
+def test_chinese_near_misses_differ_in_one_or_two_clauses():
+    from models.train.gan_loop import caption_neighbours
+
+    other = EXAMPLE | {"eyes": "green"}
+    far = {a: VALUES[a][-1] for a in ATTRIBUTES}
+    captions = [cartoon_text.caption(c, "zh") for c in (EXAMPLE, other, far)]
+    near = caption_neighbours(captions)
+    assert near[0].tolist() == [1] and near[2].tolist() == [-1]
