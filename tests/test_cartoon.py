@@ -172,3 +172,22 @@ def test_chinese_near_misses_differ_in_one_or_two_clauses():
     captions = [cartoon_text.caption(c, "zh") for c in (EXAMPLE, other, far)]
     near = caption_neighbours(captions)
     assert near[0].tolist() == [1] and near[2].tolist() == [-1]
+
+
+def test_a_tiny_cartoon_gan_trains_with_mode_seeking_and_exports(encoder_dir, tmp_path):
+    from models.cartoon_data import write_dataset
+    from models.gan import GanImageModel
+    from models.train import load_train_config, run_training
+
+    data = str(tmp_path / "train.parquet")
+    write_dataset(data, 24, size=16, seed=2)
+    config = load_train_config(None, [
+        f"data.path={data}", "family=gan", "image_size=16", "steps=3", "batch_size=4",
+        "mode_seeking=1.0", f"out_dir={tmp_path / 'run'}", "sample_every=0", "threads=1",
+        "model={z_dim: 8, ngf: 4, ndf: 4, cond_dim: 16, n_queries: 2, encoder: %s}"
+        % encoder_dir])
+    export = run_training(config)
+    losses = (tmp_path / "run" / "losses.jsonl").read_text().splitlines()
+    assert '"step": 1' in losses[0]
+    model = GanImageModel.from_pretrained(export)
+    assert model.encoder.path == encoder_dir and model.native_size == (16, 16)

@@ -24,6 +24,7 @@ DEFAULTS: dict = {
     "ema_decay": 0.999,
     "mismatch_weight": 0.5,
     "hard_negatives": 0.5,  # share of mismatched captions that differ in only 1-2 words
+    "mode_seeking": 0.0,  # gan: weight of the MSGAN diversity term (0: off)
     "image_size": 64,
     "out_dir": "runs/gan",
     "export_dir": None,  # default: OUT_DIR/export

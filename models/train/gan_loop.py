@@ -74,6 +74,7 @@ class TrainSettings:
     ema_decay: float = 0.999
     mismatch_weight: float = 0.5  # share of D's fake term given to real-image/wrong-caption pairs
     hard_negatives: float = 0.5  # share of wrong captions that are near misses (see above)
+    mode_seeking: float = 0.0  # weight of MSGAN's term (see _mode_seeking); 0 = off
     bf16: bool = False  # autocast on CUDA only
 
 
@@ -152,7 +153,11 @@ class GanTrainer:
         d_loss.backward()
         self.opt_d.step()
         with self._autocast():
-            g_loss = -self.discriminator(self.generator(z, tok, mask), tok, mask).float().mean()
+            fake = self.generator(z, tok, mask)
+            g_loss = -self.discriminator(fake, tok, mask).float().mean()
+            if self.settings.mode_seeking:
+                g_loss = g_loss + self.settings.mode_seeking * self._mode_seeking(fake, z, tok,
+                                                                                  mask)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -160,6 +165,17 @@ class GanTrainer:
         self.step_count += 1
         return dict(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.item(),
                     d_fake=d_fake.item(), d_wrong=d_wrong.item())
+
+    def _mode_seeking(self, fake: torch.Tensor, z: torch.Tensor, tok: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """MSGAN (Mao et al. 2019): a second noise for half the batch; images that move
+        less than their noise cost more. Without it, a caption that leaves attributes
+        open ("a cartoon character") collapses to one image for every seed."""
+        half = max(1, len(z) // 2)
+        z2 = torch.randn(half, z.shape[1], generator=self.sampler).to(z.device)
+        other = self.generator(z2, tok[:half], mask[:half])
+        ratio = (fake[:half] - other).abs().mean() / (z[:half] - z2).abs().mean()
+        return 1 / (ratio.float() + 1e-5)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

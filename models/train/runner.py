@@ -29,6 +29,7 @@ def _settings(cfg: dict) -> TrainSettings:
         lr_d=float(cfg.get("lr_d") or cfg["lr"]), betas=tuple(cfg["betas"]),
         ema_decay=float(cfg["ema_decay"]), mismatch_weight=float(cfg["mismatch_weight"]),
         hard_negatives=float(cfg["hard_negatives"]),
+        mode_seeking=float(cfg.get("mode_seeking") or 0),
         bf16=bool(cfg["bf16"]),
     )
 
