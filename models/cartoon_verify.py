@@ -183,7 +183,7 @@ def _accessory(pixels: np.ndarray, frame: _Frame, skin: int) -> str:
     rings = (frame.disc(-EYE_X, EYE_Y, 0.14, 0.2) | frame.disc(EYE_X, EYE_Y, 0.14, 0.2))
     palette = np.array([SKIN[list(SKIN)[skin]], GLASSES, *EYES.values()], np.float32)
     index, _ = _nearest(pixels[rings], palette)
-    return "glasses" if (index == 1).mean() > 0.05 else "none"
+    return "glasses" if _share(index == 1) > 0.05 else "none"
 
 
 def _expression(pixels: np.ndarray, frame: _Frame, face: np.ndarray, skin: int) -> str | None:
@@ -204,7 +204,9 @@ def _expression(pixels: np.ndarray, frame: _Frame, face: np.ndarray, skin: int) 
     columns = np.unique(xs)
     heights = np.array([ys[xs == c].mean() for c in columns])  # mean mouth row per column
     third = max(1, len(columns) // 3)
-    depth = heights[third:-third or None].mean() - np.r_[heights[:third], heights[-third:]].mean()
+    if len(columns) < 3:
+        return "neutral"
+    depth = heights[third:-third].mean() - np.r_[heights[:third], heights[-third:]].mean()
     return "smiling" if depth > 0.03 * frame.w else "neutral"
 
 
@@ -219,9 +221,14 @@ def _hair(pixels: np.ndarray, frame: _Frame, face: np.ndarray, background: str) 
     colour = int(np.bincount(index[around], minlength=len(HAIR)).argmax())
     panels = frame.region(0.55, 0.68, 0.2, 0.62, mirror=True)
     band = frame.region(-0.45, 0.45, -0.82, -0.72)
-    style = ("long" if hair[panels].mean() > 0.3 else
-             "spiky" if hair[band].mean() > 0.15 else "short")
+    style = ("long" if _share(hair[panels]) > 0.3 else
+             "spiky" if _share(hair[band]) > 0.15 else "short")
     return dict(hair_colour=list(HAIR)[colour], hair_style=style)
+
+
+def _share(values: np.ndarray) -> float:
+    """The share of True in ``values``; 0 for none (a tiny face can leave a region empty)."""
+    return float(values.mean()) if values.size else 0.0
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:
