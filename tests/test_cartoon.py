@@ -181,11 +181,11 @@ def test_a_tiny_cartoon_gan_trains_with_mode_seeking_and_exports(encoder_dir, tm
 
     data = str(tmp_path / "train.parquet")
     write_dataset(data, 24, size=16, seed=2)
+    tiny = f"{{z_dim: 8, ngf: 4, ndf: 4, cond_dim: 16, n_queries: 2, encoder: {encoder_dir}}}"
     config = load_train_config(None, [
         f"data.path={data}", "family=gan", "image_size=16", "steps=3", "batch_size=4",
         "mode_seeking=1.0", f"out_dir={tmp_path / 'run'}", "sample_every=0", "threads=1",
-        "model={z_dim: 8, ngf: 4, ndf: 4, cond_dim: 16, n_queries: 2, encoder: %s}"
-        % encoder_dir])
+        f"model={tiny}"])
     export = run_training(config)
     losses = (tmp_path / "run" / "losses.jsonl").read_text().splitlines()
     assert '"step": 1' in losses[0]
