@@ -1,6 +1,7 @@
 """Prompt fidelity on procedural scenes: generate captions, read attributes back, score.
 
     python -m models.evaluate models/weights/gan-scenes-64 --per-combo 4 --split heldout
+    python -m models.evaluate --grammar cartoon models/weights/gan-cartoon-64
 
 The checker (:func:`models.scenes.analyse`) needs no weights; run it on ground-truth
 renders first (``--renders``) to see its own error rate (it should be 0). With
@@ -17,6 +18,8 @@ import numpy as np
 from models import scenes, variety
 from models.base import GenerationParams, ImageModel, derive_seed
 from models.scenes import ATTRIBUTES, analyse, caption, render
+
+GRAMMARS = ("scenes", "cartoon")
 
 
 def score(images: list[np.ndarray] | np.ndarray, combos: list[dict]) -> dict:
@@ -116,7 +119,18 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: print the fidelity table of one model folder."""
     import yaml
 
+    # ``--grammar cartoon`` hands the rest to the cartoon evaluation (its own options)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--grammar", choices=GRAMMARS, default="scenes")
+    known, rest = pre.parse_known_args(argv)
+    if known.grammar == "cartoon":
+        from models.cartoon_eval import main as cartoon_main
+
+        return cartoon_main(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grammar", choices=GRAMMARS, default="scenes",
+                        help="scenes (shapes) or cartoon (characters, EN+ZH; see "
+                             "models.cartoon_eval for its options)")
     parser.add_argument("model", nargs="?", help="model folder (omit with --renders)")
     parser.add_argument("--per-combo", type=int, default=1)
     parser.add_argument("--split", default="heldout", choices=["heldout", "train"])

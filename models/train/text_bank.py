@@ -36,7 +36,8 @@ def caption_neighbours(captions: list[str], max_words: int = 2) -> torch.Tensor:
     mismatched pairs: D cannot reject them by checking the colours alone.
     """
     by_length: dict[int, list[int]] = {}
-    words = [c.split() for c in captions]
+    # Chinese captions have no spaces: their clauses (split at "，") count as words
+    words = [c.replace("，", " ").split() for c in captions]
     for i, w in enumerate(words):
         by_length.setdefault(len(w), []).append(i)
     found: list[list[int]] = [[] for _ in captions]

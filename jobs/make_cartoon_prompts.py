@@ -1,0 +1,28 @@
+"""Writes jobs/data/cartoon_prompts.parquet: cartoon prompts in English and Chinese.
+
+    python jobs/make_cartoon_prompts.py
+
+The founding prompt 卡通风格的人物 and its English twin, free-form and partial
+prompts, and 24 held-out characters (never seen in training) in both languages.
+"""
+
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.cartoon import split
+from models.cartoon_text import FREE_FORM, caption
+
+rng = random.Random(0)
+chosen = rng.sample(split("heldout"), 24)
+rows = [(text, lang, "free") for lang in ("zh", "en") for text in FREE_FORM[lang][:2]]
+rows += [("a cartoon character with spiky blue hair", "en", "partial"),
+         ("一个惊讶的卡通人物，戴着帽子", "zh", "partial")]
+rows += [(caption(a, lang), lang, "heldout") for a in chosen for lang in ("en", "zh")]
+pq.write_table(pa.table({
+    "id": [f"cartoon-{i:03d}" for i in range(len(rows))],
+    "prompt": [r[0] for r in rows],
+    "lang": [r[1] for r in rows],
+    "kind": [r[2] for r in rows],
+}), "jobs/data/cartoon_prompts.parquet")
