@@ -138,7 +138,7 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: fidelity per language, then variety of the founding prompt."""
-    from models.evaluate import load_folder
+    from models.registry import load_model_folder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="model folder (omit with --renders)")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = [evaluate_renders(args.limit)] if args.renders else []
     if args.model:
-        model = load_folder(args.model)
+        model = load_model_folder(args.model)
         results += [evaluate_fidelity(model, lang, args.limit, args.seed) for lang in LANGUAGES]
     print(format_table(results))
     if args.model:

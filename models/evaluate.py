@@ -17,6 +17,7 @@ import numpy as np
 
 from models import scenes, variety
 from models.base import GenerationParams, ImageModel, derive_seed
+from models.registry import load_model_folder
 from models.scenes import ATTRIBUTES, analyse, caption, render
 
 GRAMMARS = ("scenes", "cartoon")
@@ -61,18 +62,6 @@ def _variety(groups: list[np.ndarray], combos: list[dict], jitter: str) -> dict:
     return {**variety.variety(groups, reference), "jitter": jitter}
 
 
-def load_folder(path: str) -> ImageModel:
-    """A gan or autoregressive model folder, by the ``family`` its config.json records."""
-    import json
-    import os
-
-    from models.registry import load_model
-
-    with open(os.path.join(path, "config.json")) as f:
-        family = json.load(f).get("family", "gan")
-    return load_model(family, path)
-
-
 def evaluate(model_path: str | ImageModel, prompts_per_combo: int = 1, split: str = "heldout",
              seed: int = 0, batch_size: int = 64, options: dict | None = None,
              jitter: str = "small") -> dict:
@@ -83,7 +72,7 @@ def evaluate(model_path: str | ImageModel, prompts_per_combo: int = 1, split: st
     With ``prompts_per_combo`` >= 2 the result also holds ``variety``: the K seeds of
     each prompt against renders with the ``jitter`` the model was trained on.
     """
-    model = load_folder(model_path) if isinstance(model_path, str) else model_path
+    model = load_model_folder(model_path) if isinstance(model_path, str) else model_path
     width, height = model.native_size or (64, 64)
     params = GenerationParams(width=width, height=height, extra=dict(options or {}))
     combos = _combos(split, prompts_per_combo)

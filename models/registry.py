@@ -42,6 +42,16 @@ def load_model(family: str, path: str | None, encoder: str | None = None, device
     return model
 
 
+def load_model_folder(path: str, device: str = "cpu") -> ImageModel:
+    """A gan or autoregressive model folder, by the ``family`` its config.json records."""
+    import json
+    import os
+
+    with open(os.path.join(path, "config.json")) as f:
+        family = json.load(f).get("family", "gan")
+    return load_model(family, path, device=device)
+
+
 def check_model_spec(family: str, path: str | None, width: int | None,
                      height: int | None, factory: str | None = None) -> None:
     """Cheap checks from config files alone (no weights), so a bad spec fails before actors."""

@@ -165,7 +165,7 @@ def test_shipped_cartoon_gan_loads_its_own_encoder_and_fits_the_budget():
 
 
 def test_chinese_near_misses_differ_in_one_or_two_clauses():
-    from models.train.gan_loop import caption_neighbours
+    from models.train.text_bank import caption_neighbours
 
     other = EXAMPLE | {"eyes": "green"}
     far = {a: VALUES[a][-1] for a in ATTRIBUTES}
