@@ -392,6 +392,7 @@ class CapacityWatch:
     """
 
     INTERVAL_S = 5.0
+    GRACE_S = 10.0  # an actor younger than this is starting, not waiting
 
     def __init__(self, resources: dict, timeout_s: float, progress) -> None:
         self.need = {"CPU": resources.get("num_cpus", 0), "GPU": resources.get("num_gpus", 0)}
@@ -401,7 +402,9 @@ class CapacityWatch:
         self._infeasible_since: float | None = None
 
     def check(self, pending: list, ready: int) -> None:
-        if not pending:  # every actor is up: nothing to wait for
+        # slots carry when they were started (last_seen); the young ones are just starting
+        pending = [s for s in pending if time.time() - s.last_seen > self.GRACE_S]
+        if not pending:  # every actor is up or starting: nothing to wait for
             self._infeasible_since = None
             self.progress.wait_note(None)
         now = time.time()

@@ -43,7 +43,7 @@ ENV = {"PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error"}
 # name (tests/pipeline/executor/test_submit.py keeps the two in step), and the project itself.
 REQUIRED = ("torch", "transformers", "safetensors", "diffusers", "accelerate", "ray",
             "pyarrow", "fsspec", "s3fs", "pydantic", "yaml", "PIL", "simplejpeg", "numpy",
-            "tqdm", "pandas", "pipeline")
+            "tqdm", "pandas", "imagehash", "pipeline")
 # Runs first on the head with the standard library only (no quotes inside, so that the
 # entrypoint stays readable in `ray job list`).
 PREFLIGHT = """import importlib.util as u, sys

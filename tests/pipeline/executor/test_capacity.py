@@ -42,7 +42,7 @@ def test_no_node_that_fits_stops_the_run_and_a_rerun_resumes(empty_cluster, tmp_
     assert progress["state"] == "complete" and progress["waiting"] is None
 
 
-def test_a_dead_raylet_stops_the_driver_and_a_rerun_resumes(tmp_path, tiny_gan):
+def test_a_dead_raylet_stops_the_driver_and_a_rerun_resumes(tmp_path):
     """The local raylet dies mid-job (it fate-shares with Ray's dashboard agent): the driver
     says so and exits 1 within a minute instead of waiting forever; a rerun completes."""
     import os
@@ -51,12 +51,15 @@ def test_a_dead_raylet_stops_the_driver_and_a_rerun_resumes(tmp_path, tiny_gan):
     import sys
     import time
 
-    src = write_prompts(tmp_path / "p.parquet", [f"a red circle {i}" for i in range(240)])
+    src = write_prompts(tmp_path / "p.parquet", [f"a red circle {i}" for i in range(480)])
     out = tmp_path / "out"
     job = tmp_path / "job.yaml"
-    job.write_text(f"input: {{path: {src}}}\nmodel: {{family: gan, path: {tiny_gan}}}\n"
+    # a simulated device: 50 ms per image, so the job outlasts the kill by ~20 s anywhere
+    job.write_text(f"input: {{path: {src}}}\n"
+                   "model: {family: null, options: {device_ms_per_image: 50}}\n"
+                   "generation: {width: 32, height: 32}\n"
                    f"output: {{path: {out}}}\n"
-                   "runtime: {shard_size: 20, batch_size: 4, progress_interval_s: 0.5}\n")
+                   "runtime: {shard_size: 40, batch_size: 4, progress_interval_s: 0.5}\n")
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--quiet"]
     driver = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
