@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from pipeline.output.formats import get_format
-from pipeline.output.layout import JOB, marker_name, metadata_name
+from pipeline.output.layout import JOB, metadata_name
+from pipeline.output.manifest import read_markers
 from pipeline.output.progress import committed_shards, read_status
 from pipeline.output.storage import OutputFolder
 
@@ -66,8 +66,7 @@ def collect(folder: OutputFolder, sample_count: int = SAMPLE_COUNT) -> RunData:
     """Read status, ``_job.json``, every marker and a spread of sample images."""
     status = read_status(folder)
     names = sorted(committed_shards(folder))
-    with ThreadPoolExecutor(16) as pool:  # one small GET per shard; don't do them serially
-        markers = [m for m in pool.map(lambda n: folder.read_json(marker_name(n)), names) if m]
+    markers = [m for m in read_markers(folder, names) if m]  # full markers: timings, errors
     data = RunData(status, folder.read_json(JOB) or {}, markers)
     writer = get_format(data.job["spec"]["output"]["format"]) if data.job else None
     data.samples = read_samples(folder, writer, spread(names, SAMPLE_SHARDS), sample_count)
