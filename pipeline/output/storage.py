@@ -10,7 +10,6 @@ Input: reads happen inside pyarrow, out of reach of ``call``, so there botocore'
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import logging
 import os
@@ -26,66 +25,13 @@ from typing import IO, Any, TypeVar
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.output.storage_errors import StorageError, describe, is_transient, not_implemented
 from pipeline.redact import redact
 
 log = logging.getLogger("synthset")
 T = TypeVar("T")
 
-_TRANSIENT_STATUS = {500, 502, 503, 504, 429}
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                    "Throttling", "ThrottlingException", "TooManyRequests"}
-_TRANSIENT_NAMES = {"ConnectionClosedError", "EndpointConnectionError", "ReadTimeoutError",
-                    "ConnectTimeoutError", "ResponseStreamingError", "ServerDisconnectedError",
-                    "ClientOSError", "ClientConnectorError", "IncompleteRead", "ProtocolError",
-                    "ClientPayloadError", "FSTimeoutError", "ServerTimeoutError"}
-_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT,
-                     errno.EPIPE}
 ONE_PUT_MAX_BYTES = 64 * 2**20  # larger streams go up as a multipart upload
-
-
-class StorageError(RuntimeError):
-    """A storage call that failed for good; the message names the URL, never a secret."""
-
-
-def _chain(exc: BaseException | None):
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _answer(exc: BaseException) -> tuple[int | None, str]:
-    """(HTTP status, error code) when a server answered, else (None, "")."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):  # botocore ClientError
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status, str(response.get("Error", {}).get("Code") or "")
-    for attr in ("status", "status_code", "code"):  # aiohttp, azure, gcsfs
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and 100 <= value < 600:
-            return value, ""
-    return None, ""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: 5xx, 429, SlowDown, resets and timeouts.
-
-    When a server answered, its status and code decide (s3fs wraps unknown codes in
-    ``OSError(EIO)``, which must not make a 400 look retryable); otherwise the type does.
-    """
-    for e in _chain(exc):
-        status, code = _answer(e)
-        if status is not None or code:
-            return status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES
-    for e in _chain(exc):
-        if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError)):
-            return False
-        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES:
-            return True
-        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
-            return True
-    return False
 
 
 def _is_s3(url: str) -> bool:
@@ -147,16 +93,16 @@ class OutputFolder:
             except Exception as e:
                 if not is_transient(e):
                     raise StorageError(f"{what} {self.display(name)} failed (permanent error, "
-                                       f"not retried): {_describe(e)}") from e
+                                       f"not retried): {describe(e)}") from e
                 if attempt == self.retries:
                     raise StorageError(f"{what} {self.display(name)} failed after "
-                                       f"{attempt + 1} attempts: {_describe(e)}") from e
+                                       f"{attempt + 1} attempts: {describe(e)}") from e
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
                 delay *= random.uniform(0.5, 1.0)  # jitter: don't hit the bucket all at once
                 with self._lock:
                     self._retries_spent += 1
                 log.warning("retrying %s %s in %.2fs (%s)", what, self.display(name), delay,
-                            _describe(e))
+                            describe(e))
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -218,7 +164,7 @@ class OutputFolder:
         try:
             self.fs.pipe_file(path, data, mode="create")
         except Exception as e:
-            if not _not_implemented(e):
+            if not not_implemented(e):
                 raise
             log.warning("%s does not support conditional writes (If-None-Match); markers and "
                         "locks fall back to check-then-put", self.display())
@@ -247,7 +193,7 @@ class OutputFolder:
             try:
                 f.discard()
             except Exception as e:  # the bucket's lifecycle rule cleans up what is left
-                log.warning("could not abort the upload of %s: %s", path, _describe(e))
+                log.warning("could not abort the upload of %s: %s", path, describe(e))
             raise
 
     @staticmethod
@@ -344,23 +290,9 @@ def _local_commit(tmp: str, path: str, exclusive: bool) -> None:
             shutil.copyfileobj(src, f)
 
 
-def _not_implemented(exc: BaseException) -> bool:
-    """The endpoint rejected the conditional-write header itself (501 NotImplemented)."""
-    for e in _chain(exc):
-        status, code = _answer(e)
-        if status == 501 or code == "NotImplemented" or isinstance(e, NotImplementedError):
-            return True
-    return False
-
-
 def json_bytes(obj: Any) -> bytes:
     """The stable JSON encoding used for markers and manifests."""
     return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact(f"{type(e).__name__}: {text[0][:300] if text else ''}")
 
 
 def open_input_fs(url: str, storage_options: dict[str, Any],

@@ -12,7 +12,8 @@ from pipeline.output import storage
 from pipeline.output.formats.base import commit_marker
 from pipeline.output.formats.files import FilesShardWriter
 from pipeline.output.layout import marker_name
-from pipeline.output.storage import OutputFolder, StorageError, is_transient, open_input_fs
+from pipeline.output.storage import OutputFolder, StorageError, open_input_fs
+from pipeline.output.storage_errors import is_transient
 from tests.faultproxy import FaultProxy
 
 
