@@ -150,5 +150,7 @@ def several_actors(args, work: str) -> list[str]:
         images = sum(a["images"] for a in row["actors"].values())
         lines.append(f"  {image_format:<7}{'node':>6}{args.cpus:>6}{threads:>8}{images:>8}"
                      f"{row['pipeline']:>8.1f}{limit:>8.1f}{row['pipeline'] / limit:>9.2f}"
-                     f"   (encode capacity {capacity:.1f}/s on {threads} threads)")
+                     f"   (encode capacity {capacity:.1f}/s on "
+                     f"{node_store_threads(image_format, args.format, args.cpus, actors)} "
+                     "threads)")
     return lines
