@@ -127,7 +127,7 @@ class GenerationActor:
         # node together encode on its cores and no more (os.cpu_count() would give each
         # actor the whole node).
         node = ray.get_runtime_context().get_node_id()
-        index = ray.get(sink.place.remote(slot, node))
+        index = _place(sink, slot, node)
         threads = store_threads(self.spec.output.format, cpus,
                                 self.device == "cpu" and getattr(model, "cpu_bound", True),
                                 index)
@@ -156,6 +156,17 @@ class GenerationActor:
     def commit(self, shard_id: int) -> dict:
         """Wait for a generated shard's commit; returns its marker (or raises its error)."""
         return self.commits.pop(shard_id).result()
+
+
+def _place(sink, slot: int, node: str) -> int:
+    """This actor's place on its node, from the progress sink; if the sink is gone (its node
+    was lost), the slot number stands in: the split is then only approximately even."""
+    try:
+        return ray.get(sink.place.remote(slot, node), timeout=60)
+    except (GetTimeoutError, RayActorError) as e:
+        log.warning("actor %d: no place from the progress sink (%s); using its slot", slot,
+                    type(e).__name__)
+        return slot - 1
 
 
 @dataclass
