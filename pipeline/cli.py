@@ -263,8 +263,13 @@ def _bench_command(sub) -> None:
     p.add_argument("--workdir", help="where inputs and outputs go (default: a temp folder)")
     p.add_argument("--skip-s3", action="store_true")
     p.add_argument("--skip-ray-data", action="store_true")
+    p.add_argument("--skip-invariant", action="store_true",
+                   help="no 'invariant' row (the raw loop drawing each image alone)")
     p.add_argument("--quality", action="store_true", help="also run the pipeline with the "
                    "phash and scene scorers on (mode 'quality'), to compare with 'local'")
+    p.add_argument("--deterministic", type=lambda v: v.split(","), metavar="auto,true,false",
+                   help="also run the pipeline with runtime.deterministic set to each value "
+                   "(modes det-auto, det-true, det-false), beside 'local' at its default")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="rounds over all modes (interleaved); each mode reports its best")
     p.add_argument("--encode-size", type=int, default=512, metavar="PX",
@@ -275,7 +280,14 @@ def _bench_command(sub) -> None:
                    help="instead: a simulated device (null family) at 8/32/128 images/s for "
                    "PNG, JPEG and WebP against its limit and Ray Data (use --size 512)")
     p.add_argument("--device-seconds", type=float, default=10, metavar="S",
-                   help="--device-table: device time per cell (images = rate x S)")
+                   help="--device-table: seconds per cell (images = S x the cell's expected "
+                   "rate, min(device, encode capacity))")
+    p.add_argument("--device-actors", type=int, default=0, metavar="N",
+                   help="--device-table: also N actors on the node, each its own simulated "
+                   "device at --device-actor-rate images/s (per-actor and node totals)")
+    p.add_argument("--device-actor-rate", type=float, default=8, metavar="R")
+    p.add_argument("--capacity-seconds", type=float, default=5, metavar="S",
+                   help="--device-table: seconds of encoding per capacity measurement")
     p.add_argument("--markers", type=int, metavar="N",
                    help="instead: write N committed markers and time resume, status, verify's "
                    "planning and the _SUCCESS write (the driver at N shards)")

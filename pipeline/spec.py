@@ -215,8 +215,9 @@ class RuntimeSpec(_Section):
         60, gt=0, description="how long actors may wait for a node that can host them when "
         "none in the cluster can (raise it where an autoscaler adds nodes)")
     deterministic: bool | Literal["auto"] = Field(
-        "auto", description="encode and generate one sample per forward so images are "
-        "byte-identical across batch, shard and actor layouts; 'auto' = on CPU only")
+        False, description="encode and generate one sample per forward so images are "
+        "byte-identical across batch, shard and actor layouts (what --retry-failed redraws "
+        "and cross-batch-size comparisons need; resume does not); 'auto' = on CPU only")
     embedding_cache: int = Field(4096, ge=0, description="encoded prompts kept per actor")
     lock_timeout_s: float = Field(
         900, gt=0, description="a run lock whose heartbeat is older than this can be taken over")

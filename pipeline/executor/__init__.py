@@ -13,6 +13,7 @@ of times.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter, deque
@@ -50,6 +51,17 @@ class _ProgressSink:
     def __init__(self) -> None:
         self.done = self.failed = 0
         self.seen: dict[int, float] = {}
+        self.placed: dict[int, tuple[str, int]] = {}  # slot -> (node, index on that node)
+
+    def place(self, slot: int, node: str) -> int:
+        """The lowest index on ``node`` that no live actor holds: an actor's place among its
+        node's actors, which decides its share of a fractional CPU split."""
+        taken = {i for n, i in self.placed.values() if n == node}
+        self.placed[slot] = (node, min(set(range(len(taken) + 1)) - taken))
+        return self.placed[slot][1]
+
+    def leave(self, slot: int) -> None:
+        self.placed.pop(slot, None)
 
     def report(self, slot: int, done: int, failed: int) -> None:
         self.done += done
@@ -89,7 +101,7 @@ class _Reporter:
 class GenerationActor:
     """Holds one loaded model and a ShardWorker; ``generate`` then ``commit`` run a shard."""
 
-    def __init__(self, spec_json: str, keys: KeyFormat, cpus: int, sink, slot: int) -> None:
+    def __init__(self, spec_json: str, keys: KeyFormat, cpus: float, sink, slot: int) -> None:
         import torch
         from transformers.utils import logging as hf_logging
 
@@ -98,7 +110,7 @@ class GenerationActor:
         from pipeline.stages.store import store_threads
         from pipeline.stages.worker import ShardWorker
 
-        torch.set_num_threads(max(1, cpus))
+        torch.set_num_threads(max(1, int(cpus)))
         hf_logging.disable_progress_bar()
         self.spec = JobSpec.model_validate_json(spec_json)
         self.device = resolve_device()
@@ -110,17 +122,24 @@ class GenerationActor:
         deterministic = self.spec.runtime.deterministic
         if deterministic == "auto":
             deterministic = self.device == "cpu"
-        self.worker = ShardWorker(self.spec, model, keys, folder, deterministic,
-                                  store_threads(self.spec.output.format, cpus,
-                                                self.device == "cpu"
-                                                and getattr(model, "cpu_bound", True)),
+        # The store threads come from this actor's share of its node's CPUs (what Ray
+        # reserved for it) and its place among the node's actors, so that the actors on a
+        # node together encode on its cores and no more (os.cpu_count() would give each
+        # actor the whole node).
+        node = ray.get_runtime_context().get_node_id()
+        index = _place(sink, slot, node)
+        threads = store_threads(self.spec.output.format, cpus,
+                                self.device == "cpu" and getattr(model, "cpu_bound", True),
+                                index)
+        self.worker = ShardWorker(self.spec, model, keys, folder, deterministic, threads,
                                   overlap_encoding=self.device != "cpu", device=self.device)
+        self.worker.placement = {"node": node, "index": index, "cpus": cpus}
         self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
         self.commits: dict[int, Future] = {}
 
     def ready(self) -> dict:
-        return {"device": self.device, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id()}
+        return {"device": self.device, "pid": os.getpid(), **self.worker.placement,
+                "store_threads": self.worker.store.threads}
 
     def generate(self, shard: Shard, upcoming: Shard | None = None) -> None:
         """Generate a shard; its commit goes on in the background until ``commit``.
@@ -137,6 +156,17 @@ class GenerationActor:
     def commit(self, shard_id: int) -> dict:
         """Wait for a generated shard's commit; returns its marker (or raises its error)."""
         return self.commits.pop(shard_id).result()
+
+
+def _place(sink, slot: int, node: str) -> int:
+    """This actor's place on its node, from the progress sink; if the sink is gone (its node
+    was lost), the slot number stands in: the split is then only approximately even."""
+    try:
+        return ray.get(sink.place.remote(slot, node), timeout=60)
+    except (GetTimeoutError, RayActorError) as e:
+        log.warning("actor %d: no place from the progress sink (%s); using its slot", slot,
+                    type(e).__name__)
+        return slot - 1
 
 
 @dataclass
@@ -161,8 +191,17 @@ def plan_actors(spec: JobSpec) -> tuple[int, dict]:
         return count, {"num_gpus": 1, "num_cpus": per_gpu}
     count = 1 if count == "auto" else count
     # Torch in an actor uses as many threads as the CPUs the actor asked for.
-    per_actor = spec.runtime.cpus_per_actor or max(1, cpus // count)
-    return count, {"num_gpus": 0, "num_cpus": per_actor}
+    return count, {"num_gpus": 0, "num_cpus": spec.runtime.cpus_per_actor or cpu_share(cpus,
+                                                                                       count)}
+
+
+def cpu_share(cpus: int, actors: int) -> float:
+    """Each of ``actors`` actors' share of ``cpus`` CPUs: whole CPUs when there are enough
+    (Ray takes fractions only below 1), else an equal fraction, so that every actor fits
+    (at 4 actors on 2 CPUs, 0.5 each; with 1 each, two would wait forever)."""
+    if cpus >= actors:
+        return cpus // actors
+    return math.floor(cpus / actors * 1e4) / 1e4  # Ray keeps 4 decimals
 
 
 def cpus_per_gpu(nodes: list[dict]) -> int:
@@ -265,6 +304,7 @@ class RayExecutor:
             info = ray.get(ref)
         except RayActorError as e:
             self.slots.remove(slot)
+            self.sink.leave.remote(slot.id)
             self.actor_failures += 1
             reason = _cause(e)
             if self.actor_failures > self.rt.max_actor_failures:
@@ -330,6 +370,7 @@ class RayExecutor:
         if slot not in self.slots:
             return  # already replaced for an earlier in-flight shard
         self.slots.remove(slot)
+        self.sink.leave.remote(slot.id)  # its replacement takes its place on the node
         slot.ready = False  # nothing more goes to it
         if slot.upcoming is not None:
             self.queue.appendleft(slot.upcoming)

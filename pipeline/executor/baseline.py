@@ -81,10 +81,16 @@ def run_ray_data(spec, input_path: str, output_dir: str, actors: int, cpus: int)
     seconds, finished = time.perf_counter() - start, time.time()
 
     times = pq.read_table(output_dir, columns=["t_start", *STAGES, "rss_mb"])
+    # each batch's end: its start plus its stages (the per-row seconds times its rows)
+    batches = times.group_by("t_start").aggregate(
+        [("s_text_encode", "sum"), ("s_generate", "sum"), ("s_image_encode", "sum"),
+         ("t_start", "count")]).to_pylist()
     # first batch started → last file written: the same span the pipeline is measured over
     steady = finished - min(times.column("t_start").to_pylist())
     files = [os.path.join(output_dir, f) for f in os.listdir(output_dir)]
     return {"images": times.num_rows, "seconds": seconds, "steady_s": steady,
             "stages": {s[2:]: pc.sum(times[s]).as_py() for s in STAGES},
             "actor_rss_mb": pc.max(times["rss_mb"]).as_py(),
-            "objects": len(files), "bytes": sum(os.path.getsize(f) for f in files)}
+            "objects": len(files), "bytes": sum(os.path.getsize(f) for f in files),
+            "ends": [(b["t_start"] + b["s_text_encode_sum"] + b["s_generate_sum"]
+                      + b["s_image_encode_sum"], b["t_start_count"]) for b in batches]}

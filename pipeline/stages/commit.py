@@ -39,6 +39,7 @@ class ShardRun:
     started: float
     timings: Counter = field(default_factory=Counter)
     pending: list[tuple[list[Sample], Future]] = field(default_factory=list)
+    actor: dict = field(default_factory=dict)  # who drew it: pid, node, store threads
 
 
 def commit_shard(run: ShardRun, spec: JobSpec, params: GenerationParams, model_id: str,
@@ -75,6 +76,7 @@ def shard_stats(run: ShardRun, cache_stats: dict) -> dict:
         "start_time": run.started, "end_time": time.time(),
         "duration_s": round(time.time() - run.started, 3),
         "stage_seconds": {k: round(v, 3) for k, v in run.timings.items()},
+        "actor": run.actor,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

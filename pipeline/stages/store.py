@@ -9,6 +9,7 @@ backpressure: a slow store holds generation back instead of piling images up in 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,15 +25,41 @@ from pipeline.stages.scorers import Scorer
 MAX_BYTES_IN_FLIGHT = 256 * 2**20  # pixels handed to the store threads, not yet stored
 
 
-def store_threads(output_format: str, cpus: int, generator_on_cpu: bool = True) -> int:
-    """Threads for encoding and storing images. Encoding is CPU work: a thread per core but
-    the one the generating thread needs when it computes on the CPU (measured on 2 cores,
-    null generator: 1 thread 10% faster than 2, and 2 faster than 4); every core when the
-    generator waits on a device instead. ``files`` also PUTs every image, which waits on
-    the network, so it gets more."""
+def store_threads(output_format: str, cpus: float, generator_on_cpu: bool = True,
+                  index: int = 0) -> int:
+    """Threads for encoding and storing images, from the actor's share of its node's CPUs
+    (``cpus``, what Ray reserved for it; fractional when a node holds more actors than
+    cores) and its ``index`` among the actors on that node.
+
+    Encoding is CPU work: a thread per core of the share, but the one the generating thread
+    needs when it computes on the CPU (measured on 2 cores, null generator: 1 thread 10%
+    faster than 2, and 2 faster than 4); every core of the share when the generator waits
+    on a device instead. A fractional share is handed out by index, so the node's actors
+    together hold as many threads as it has cores: at 0.5 CPU each, actors 0, 2, ... get
+    none (they encode on their generating thread, between device batches) and 1, 3, ...
+    one. ``files`` also PUTs every image, which waits on the network, so it gets more."""
     if output_format == "files":
-        return max(cpus, 16)
-    return max(1, cpus - 1) if generator_on_cpu else max(1, cpus)
+        return max(int(cpus), 16)
+    if generator_on_cpu:
+        return max(1, int(cpus) - 1)
+    # threads of actor k: the whole cores in [k·share, (k+1)·share) (exactly share when whole)
+    # (shares are cut to 4 decimals, 2/3 to 0.6666: the tolerance keeps 3 of them at 2 cores)
+    return math.floor((index + 1) * cpus + 1e-3) - math.floor(index * cpus + 1e-3)
+
+
+class Inline:
+    """The ThreadPoolExecutor interface, run in the calling thread (a pool of no threads)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # surfaced by .result(), like a pool's future
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
 class ByteBudget:
@@ -56,20 +83,22 @@ class ByteBudget:
 
 
 class StorePool:
-    """Encodes and stores images on ``threads`` threads; ``settle`` marks samples stored."""
+    """Encodes and stores images on ``threads`` threads (none: in the calling thread);
+    ``settle`` marks samples stored."""
 
     def __init__(self, threads: int, batch_size: int, image_format: str, quality: int,
                  scorers: list[Scorer] = (), max_bytes: int = MAX_BYTES_IN_FLIGHT):
         self.threads, self.image_format, self.quality = threads, image_format, quality
         self.scorers = list(scorers)  # cheap ones, run beside encoding
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="synthset-io")
+        self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="synthset-io") if threads
+                     else Inline())
         self.in_flight = threading.BoundedSemaphore(max(2 * batch_size, 2 * threads))
         self.bytes = ByteBudget(max_bytes)
 
     def submit(self, writer: ShardWriter, drawn: list[tuple[Sample, np.ndarray]]) -> list:
         """Hand a batch's images to the pool as one task per thread: per-image tasks cost
         more than encoding a small JPEG. Returns ``[(samples, future)]``."""
-        size = -(-len(drawn) // self.threads) if drawn else 0
+        size = -(-len(drawn) // max(1, self.threads)) if drawn else 0
         tasks = []
         for i in range(0, len(drawn), size or 1):
             chunk = drawn[i:i + size]

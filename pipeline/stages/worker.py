@@ -36,22 +36,10 @@ from pipeline.stages.quality import QualityStage
 from pipeline.stages.read import ShardReader
 from pipeline.stages.samples import utf8_safe
 from pipeline.stages.scorers import make_scorers
-from pipeline.stages.store import StorePool, store_threads
+from pipeline.stages.store import Inline, StorePool, store_threads
 from pipeline.stages.text import TextEncoder
 
 ProgressCallback = Callable[[int, int], None]  # (images done, images failed) since last call
-
-
-class _Inline:
-    """The ThreadPoolExecutor interface, run in the calling thread."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as e:  # surfaced by .result(), like a pool's future
-            future.set_exception(e)
-        return future
 
 
 class ShardWorker:
@@ -67,7 +55,8 @@ class ShardWorker:
             model.batch_invariant = deterministic
         self.text = TextEncoder(model, spec.runtime.embedding_cache, deterministic)
         self.generate = Generator(model, self.params, self.text)
-        threads = io_threads or store_threads(spec.output.format, os.cpu_count() or 1)
+        threads = io_threads if io_threads is not None else store_threads(
+            spec.output.format, os.cpu_count() or 1)
         self.store = StorePool(threads, spec.runtime.batch_size, spec.output.image_format,
                                spec.output.quality)
         self.quality = QualityStage(spec.quality, make_scorers(spec.quality, device),
@@ -77,11 +66,12 @@ class ShardWorker:
         # Encoding the next batch while this one generates pays on a GPU; on CPU the two
         # torch ops fight over the same cores (measured: generation 2.5x slower).
         self.prefetch = (ThreadPoolExecutor(1, thread_name_prefix="synthset-prefetch")
-                         if overlap_encoding else _Inline())
+                         if overlap_encoding else Inline())
         self.extension = EXTENSIONS[spec.output.image_format]
         self.read = ShardReader(spec, keys)
         self.committer = ThreadPoolExecutor(1, thread_name_prefix="synthset-commit")
         self.committing: Future | None = None
+        self.placement: dict = {}  # where the executor placed this actor (node, index, share)
         self._warm_io()
 
     def run(self, shard: Shard, on_progress: ProgressCallback | None = None) -> dict:
@@ -110,7 +100,9 @@ class ShardWorker:
         table, samples = self.read(shard, timings)
         if upcoming is not None:
             self.read.ahead(upcoming)
-        run = ShardRun(shard, name, table, samples, writer, folder, started, timings)
+        run = ShardRun(shard, name, table, samples, writer, folder, started, timings,
+                       actor={**self.placement, "pid": os.getpid(),
+                              "store_threads": self.store.threads})
         if shard.retry_keys is not None:
             # --retry-failed reopened the commit: every sample not retried takes its
             # committed outcome (and image) over

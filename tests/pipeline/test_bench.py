@@ -46,7 +46,10 @@ def test_bench_prints_every_mode_from_one_run(ray_local, tmp_path):
     # uploads: objects and MiB per second, from what the markers counted
     assert float(table["local"][8]) > 0 and float(table["s3"][9]) > 0
     assert "local     read" in report and "ray-data  text_encode" in report
-    assert float(table["local"][-1]) > 0 and float(table["ray-data"][-1]) > 0  # actor RSS
+    assert float(table["local"][-3]) > 0 and float(table["ray-data"][-3]) > 0  # actor RSS
+    # marginal rates (once full) beside the start-to-end ones, priced against the raw loop
+    assert float(table["raw"][-1]) == 1.0 and float(table["local"][-2]) > 0
+    assert abs(float(table["local"][-1]) - float(table["local"][-2]) / raw) < 0.01
     assert "images/s per core" in report
     encode = report.split("image encode at 64x64")[1].splitlines()
     assert [line.split()[0] for line in encode[2:5]] == ["jpeg", "png", "webp"]
@@ -105,7 +108,8 @@ def test_the_raw_loop_is_one_pipeline_call_per_batch_and_invariance_one_per_imag
 
 def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_local, tmp_path):
     args = _bench_args(tmp_path, device_table=True, device_seconds=1.0, device_rates=(64,),
-                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=32)
+                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=32,
+                       capacity_seconds=0.3)
     report = device_table(args)
     rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
     assert len(rows) == 1, report
@@ -116,3 +120,23 @@ def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_loca
     # the cell ran the simulated device: 64 images committed, every one a success
     success = json.loads((tmp_path / "device-jpeg-64" / "_SUCCESS").read_text())
     assert success["successes"] == 64 and success["failed"] == 0
+
+
+def test_the_device_table_reports_several_actors_per_actor_and_for_the_node(ray_local,
+                                                                              tmp_path):
+    args = _bench_args(tmp_path, device_table=True, device_seconds=2.0, device_rates=(16,),
+                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=16,
+                       capacity_seconds=0.3, skip_ray_data=True, device_actors=4,
+                       device_actor_rate=16)
+    report = device_table(args).split("4 actors on one node")[1]
+    rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
+    actors, node = rows[:-1], rows[-1]
+    assert node[1] == "node" and actors, report
+    # every actor that drew: its place on the node, a 0.5 CPU share, its store threads
+    assert all(a[2] == "0.5" and int(a[3]) in (0, 1) for a in actors), report
+    assert len({a[1] for a in actors}) == len(actors)  # distinct places on the node
+    # the node's totals: the threads of its actors (2 cores: 2 at most), every image
+    assert int(node[3]) == sum(int(a[3]) for a in actors) <= 2
+    assert int(node[4]) == sum(int(a[4]) for a in actors) == 128
+    assert abs(float(node[7]) - float(node[5]) / float(node[6])) < 0.01
+    assert float(node[6]) == min(64.0, float(report.split("capacity ")[1].split("/s")[0]))

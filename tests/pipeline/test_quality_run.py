@@ -24,7 +24,9 @@ def _run(tmp_path, tiny_gan, name, fmt, shard_size, actors):
                        "model": {"family": "gan", "path": tiny_gan},
                        "generation": {"images_per_prompt": 2},
                        "output": {"path": str(tmp_path / name), "format": fmt},
-                       "runtime": {"shard_size": shard_size, "batch_size": 2, "actors": actors},
+                       # the same bytes across shard sizes and actors: batch invariance
+                       "runtime": {"shard_size": shard_size, "batch_size": 2, "actors": actors,
+                                   "deterministic": True},
                        "quality": QUALITY})
     manifest = run_job(spec, show_progress=False)
     rows = [r for p in sorted((tmp_path / name).glob("?????.parquet"))

@@ -99,10 +99,13 @@ def test_resume_reruns_only_shards_without_marker(ray_local, tmp_path, tiny_gan)
 
 def test_images_do_not_depend_on_shards_batches_or_actors(ray_local, tmp_path, tiny_gan):
     src = write_prompts(tmp_path / "p.parquet", PROMPTS)
+    # batch invariance is opt-in (runtime.deterministic: true): what this promise needs
     run_job(_spec(tmp_path, src, "a", model_path=tiny_gan, runtime__shard_size=13,
-                  runtime__batch_size=8, runtime__actors=1), show_progress=False)
+                  runtime__batch_size=8, runtime__actors=1, runtime__deterministic=True),
+            show_progress=False)
     run_job(_spec(tmp_path, src, "b", model_path=tiny_gan, runtime__shard_size=4,
-                  runtime__batch_size=3, runtime__actors=2), show_progress=False)
+                  runtime__batch_size=3, runtime__actors=2, runtime__deterministic=True),
+            show_progress=False)
     a, b = _images_by_id(tmp_path / "a"), _images_by_id(tmp_path / "b")
     assert len(a) == 13 and a == b
 
