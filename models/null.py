@@ -7,7 +7,8 @@ metadata. Deterministic per seed like every other family.
 It can also stand in for an accelerator (``model.options``):
 
 - ``device_ms_per_image``: each batch holds the generating thread for batch × this many
-  milliseconds in a sleep (the GIL released, no CPU used), as a GPU-bound model does;
+  milliseconds, drawing included, the rest in a sleep (the GIL released, no CPU used), as
+  a GPU-bound model does;
 - ``images``: ``blocks`` (the default without a device time: 8×8 seeded blocks, which
   compress far better than real pictures) or ``render`` (the default with one: smooth
   gradients and soft shapes with a render's fine texture, so PNG/JPEG/WebP cost and
@@ -76,8 +77,17 @@ class NullImageModel(ImageModel):
 
     def generate(self, embeds: NullEmbeds, seeds: list[int],
                  params: GenerationParams) -> np.ndarray:
+        start = time.perf_counter()
+        images = self._draw(seeds, params)
         if self.device_ms:
-            time.sleep(len(seeds) * self.device_ms / 1000)  # the device's time; no CPU
+            # A GPU-bound call lasts its device time, copy-out included: drawing the
+            # pictures happens inside that time, not after it (else a fast simulated
+            # device runs ~10 ms per batch slower than the rate it was given).
+            budget = len(seeds) * self.device_ms / 1000
+            time.sleep(max(0.0, budget - (time.perf_counter() - start)))  # no CPU
+        return images
+
+    def _draw(self, seeds: list[int], params: GenerationParams) -> np.ndarray:
         if self.images == "render":
             return self._bank(params.width, params.height).draw(seeds)
         # 8x8 blocks of seeded noise scaled up: cheap, never blank, compresses like a picture.

@@ -44,6 +44,18 @@ def test_the_device_time_sleeps_per_batch_with_the_gil_released():
     assert hashlib.sha256(images.tobytes()).hexdigest() == DEFAULT_SHA  # images: blocks
 
 
+def test_drawing_happens_inside_the_device_time_not_after_it(monkeypatch):
+    import models.null as null
+
+    clock, slept = iter([10.0, 10.03]), []  # the draw took 30 ms of the batch's 200 ms
+    monkeypatch.setattr(null.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(null.time, "sleep", slept.append)
+    model = NullImageModel({"device_ms_per_image": 50, "images": "blocks"})
+    images = model.generate(None, SEEDS, GenerationParams(72, 40))
+    assert slept == [pytest.approx(0.17)]
+    assert hashlib.sha256(images.tobytes()).hexdigest() == DEFAULT_SHA
+
+
 def test_render_pictures_compress_like_a_diffusion_models_output():
     model = NullImageModel({"device_ms_per_image": 1})  # a device time implies render
     params = GenerationParams(512, 512)
