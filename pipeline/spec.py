@@ -154,10 +154,11 @@ class QualitySpec(_Section):
                                 "KEY_aN (N = the attempt); docs/quality.md")
     dedup: bool | Literal["auto"] = Field(
         "auto", description="group duplicates after the job commits into "
-        "OUTPUT/_duplicates.pq (exact copies by sha256, near ones by phash); 'auto' = "
+        "OUTPUT/_duplicates.pq (exact copies by sha256, near ones by average hash and "
+        "colour); 'auto' = "
         "when any scorer runs")
     dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
-                                 "phashes (of 64 bits) in one group")
+                                 "average hashes (of 64 bits) in one group")
     dedup_bands: int = Field(4, ge=1, le=16, description="LSH bands of the 64 bits; pairs "
                              "closer than this many bits are always found (docs/quality.md)")
 
