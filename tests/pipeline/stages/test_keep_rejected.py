@@ -18,7 +18,7 @@ from pipeline.output.formats import get_format
 from pipeline.output.retry import retry_shards
 from pipeline.output.storage import OutputFolder
 from pipeline.output.verify import verify_output
-from pipeline.runner import claim_output, make_plan, write_success
+from pipeline.runner import claim_output, make_plan, reopen_damaged, write_success
 from pipeline.spec import SpecError, build_spec
 from pipeline.stages.quality import attempt_seed
 from pipeline.stages.worker import ShardWorker
@@ -120,12 +120,24 @@ def test_tar_json_says_kept_false_and_files_lie_beside_the_samples(tmp_path):
     assert names == {f"{r['key']}.png" for r in rows if r["key"].startswith("00000")}
 
 
-def test_verify_names_a_damaged_or_uncounted_rejected_draw(tmp_path):
-    _, folder, _, _, rows = run_complete(tmp_path, KEEP, "files")
+def test_verify_names_a_damaged_rejected_draw_and_repair_regenerates_it(tmp_path):
+    spec, folder, _, _, rows = run_complete(tmp_path, KEEP, "files")
     reject = next(r for r in rows if r["status"] == "rejected")
     (tmp_path / "out" / reject["file"]).write_bytes(b"not the draw")
     report = verify_output(folder)
     assert not report.ok and any(reject["file"] in p and "sha256" in p for p in report.problems)
+    # --repair: the damaged shard's marker goes, the shard is drawn again, same bytes
+    assert reopen_damaged(folder) == [reject["key"][:5]]
+    plan = make_plan(spec)
+    shard = next(s for s in plan_shards(plan.inputs, 5)
+                 if plan.keys.shard_name(s.id) == reject["key"][:5])
+    ShardWorker(spec, SceneModel(), plan.keys, folder, True).run(shard)
+    assert _rows(tmp_path / "out") == rows and verify_output(folder).ok
+
+
+def test_verify_names_an_uncounted_rejected_draw(tmp_path):
+    _, folder, _, _, rows = run_complete(tmp_path, KEEP, "files")
+    reject = next(r for r in rows if r["status"] == "rejected")
     shard = reject["key"][:5]
     marker = json.loads((tmp_path / "out" / f"{shard}_stats.json").read_text())
     marker["quality"]["rejected_stored"] += 1
