@@ -34,10 +34,17 @@ STAGES = ("read", "text_encode", "generate", "image_encode", "image_encode_and_u
           "wait_for_uploads", "metadata")
 
 
-def write_bench_prompts(path: str, n: int) -> str:
-    """``n`` prompts (PartiPrompts when available, repeated under distinct ids)."""
+def write_bench_prompts(path: str, n: int, scene_prompts: bool = False) -> str:
+    """``n`` prompts (PartiPrompts when available, repeated under distinct ids). With
+    ``scene_prompts``, scene-grammar captions instead, so the ``scene`` scorer analyses
+    every image (``--quality``: the scorers' full cost, not a regex that never matches)."""
     source = os.environ.get("PARTIPROMPTS", PARTI)
-    if os.path.exists(source):
+    if scene_prompts:
+        from models import scenes
+
+        combos = scenes.all_combinations()
+        base = [scenes.caption(combos[(i * 7919) % len(combos)]) for i in range(len(combos))]
+    elif os.path.exists(source):
         with open(source, encoding="utf-8") as f:
             base = [line.split("\t", 1)[0] for line in f.read().splitlines()[1:] if line.strip()]
     else:
@@ -256,7 +263,7 @@ def format_report(results: dict[str, dict], args) -> str:
     if "quality" in results and _rate(results.get("local", {})):
         lines.append(f"with {' + '.join(QUALITY_SCORERS)} scorers: "
                      f"{_rate(results['quality']) / _rate(results['local']):.2f}x the throughput "
-                     "of local (the same pipeline without scorers)")
+                     "of local (the same pipeline without scorers; scene-grammar prompts)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"driver peak RSS {rss:.0f} MB (raw loop runs in the driver process)")
     if args.family == "null" and "local" in results:
@@ -349,7 +356,8 @@ def run_bench(args) -> str:
     os.makedirs(work, exist_ok=True)
     if args.plan_rows:
         return plan_scale(args.plan_rows, work)
-    prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts)
+    prompts = write_bench_prompts(os.path.join(work, "prompts.parquet"), args.prompts,
+                                  scene_prompts=getattr(args, "quality", False))
     modes = {"raw": lambda: run_raw(bench_spec(args, prompts, work), args.prompts, args.cpus),
              "invariant": lambda: run_raw(bench_spec(args, prompts, work), args.prompts,
                                           args.cpus, invariant=True),

@@ -119,10 +119,10 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     options = json.loads(args.storage_options) if args.storage_options else {}
     summary = rerun_dedup(OutputFolder(args.output, options), args.threshold, args.bands)
+    how = (f"{summary.get('signature') or 'phash'} within {summary['threshold']} bits"
+           if summary["phash"] else "no hash columns: exact copies only")
     print(f"{summary['groups']} duplicate groups, {summary['images']} images in them, of "
-          f"{summary['rows']} (Hamming <= {summary['threshold']}"
-          f"{'' if summary['phash'] else '; no phash column: exact copies only'}) -> "
-          f"{args.output.rstrip('/')}/_duplicates.pq")
+          f"{summary['rows']} ({how}) -> {args.output.rstrip('/')}/_duplicates.pq")
     return 0
 
 
@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dedup", help="group near-duplicate and identical images of a "
                        "committed output into OUTPUT/_duplicates.pq")
     p.add_argument("output", help="the job's output.path (any fsspec URL)")
-    p.add_argument("--threshold", type=int, help="max Hamming distance of two phashes "
-                   "(default: the job's quality.dedup_threshold)")
+    p.add_argument("--threshold", type=int, help="max Hamming distance of two average "
+                   "hashes (default: the job's quality.dedup_threshold)")
     p.add_argument("--bands", type=int, help="LSH bands (default: quality.dedup_bands)")
     p.add_argument("--storage-options", help="JSON dict passed to fsspec")
     p.set_defaults(fn=cmd_dedup)

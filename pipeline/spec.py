@@ -149,12 +149,16 @@ class QualitySpec(_Section):
     accept: str | None = Field(None, description="keep a draw when this holds, e.g. "
                                "'clip_score >= 0.28 and scene_match == 1'; else redraw")
     max_attempts: int = Field(1, ge=1, le=64, description="draws per sample with accept")
+    keep_rejected: bool = Field(False, description="with accept: also store the draws that "
+                                "were not kept, as rows of status 'rejected' with keys "
+                                "KEY_aN (N = the attempt); docs/quality.md")
     dedup: bool | Literal["auto"] = Field(
         "auto", description="group duplicates after the job commits into "
-        "OUTPUT/_duplicates.pq (exact copies by sha256, near ones by phash); 'auto' = "
+        "OUTPUT/_duplicates.pq (exact copies by sha256, near ones by average hash and "
+        "colour); 'auto' = "
         "when any scorer runs")
     dedup_threshold: int = Field(4, ge=0, le=16, description="max Hamming distance of two "
-                                 "phashes (of 64 bits) in one group")
+                                 "average hashes (of 64 bits) in one group")
     dedup_bands: int = Field(4, ge=1, le=16, description="LSH bands of the 64 bits; pairs "
                              "closer than this many bits are always found (docs/quality.md)")
 
@@ -191,6 +195,8 @@ class QualitySpec(_Section):
             parse_accept(self.accept, numeric_columns(self.scorers))
         elif self.max_attempts > 1:
             raise ValueError("max_attempts: needs quality.accept (what makes a draw good)")
+        if self.keep_rejected and self.accept is None:
+            raise ValueError("keep_rejected: needs quality.accept (what rejects a draw)")
         return self
 
 
@@ -273,6 +279,9 @@ class JobSpec(_Section):
         for name in ("dedup", "dedup_threshold", "dedup_bands"):
             content["quality"].pop(name)
             default.pop(name)
+        if not content["quality"]["keep_rejected"]:  # fingerprints from before it existed
+            content["quality"].pop("keep_rejected")
+            default.pop("keep_rejected")
         if content["quality"] == default:
             del content["quality"]  # keeps fingerprints of jobs from before quality existed
         content["shard_size"] = self.runtime.shard_size

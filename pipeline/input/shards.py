@@ -59,6 +59,24 @@ class KeyFormat:
         return f"{shard_id:0{self.shard_digits}d}{index:0{self.index_digits}d}"
 
 
+REJECTED_MARK = "_a"  # KEY_aN: a stored rejected draw (quality.keep_rejected)
+
+
+def rejected_key(key: str, attempt: int) -> str:
+    """The key of draw ``attempt`` of sample ``key``, stored as a rejected draw. Sample keys
+    are digits only, so it never equals one; it has no dot, so WebDataset reads it whole;
+    it sorts right after its sample's key."""
+    return f"{key}{REJECTED_MARK}{attempt}"
+
+
+def split_rejected_key(key: str) -> tuple[str, int] | None:
+    """``(sample key, attempt)`` of a rejected draw's key, or None for any other key."""
+    base, mark, attempt = key.rpartition(REJECTED_MARK)
+    if not mark or not base.isdigit() or not attempt.isdigit():
+        return None
+    return base, int(attempt)
+
+
 def key_format(num_shards: int, shard_size: int, images_per_prompt: int) -> KeyFormat:
     """At least img2dataset's 5+4 digits, wider only when the job needs it."""
     return KeyFormat(max(5, len(str(max(num_shards - 1, 0)))),

@@ -1,12 +1,16 @@
 """``synthset dedup``: near-duplicate and exact-duplicate groups across a whole output.
 
-After every shard commits (and on demand on any committed output), the ``phash`` and
-``sha256`` columns of the successful rows are streamed from the shard Parquets a row group
-at a time into local spill files; ``lsh.near_pairs`` joins phashes within
-``quality.dedup_threshold`` bits and equal sha256s (their first 64 bits: a chance
-collision among 10 million images is about 3 in a million), in bounded memory. The
-result, ``_duplicates.pq``, has one row per image in a group of two or more:
-``key``, ``group`` and ``representative`` (the group's first key).
+After every shard commits (and on demand on any committed output), the ``ahash``,
+``colour_2x2`` and ``sha256`` columns of the successful rows (rejected draws kept with
+``quality.keep_rejected`` take no part: they are not the dataset's samples, and would
+group with their own sample) are streamed from the shard Parquets a row group at a time
+into local spill files; ``lsh.near_pairs`` joins average hashes within
+``quality.dedup_threshold`` bits whose quarters' colours agree
+(``scorers.phash.colours_close``), and equal sha256s (their first 64 bits: a chance
+collision among 10 million images is about 3 in a million), in bounded memory. Outputs
+written before ``ahash`` existed are grouped by ``phash`` alone. The result,
+``_duplicates.pq``, has one row per image in a group of two or more: ``key``, ``group``
+and ``representative`` (the group's first key).
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from pipeline.output.layout import DUPLICATES, JOB, SUCCESS, metadata_name
 from pipeline.output.lsh import SpillFile, UnionFind, near_pairs
 from pipeline.output.progress import committed_shards
 from pipeline.output.storage import OutputFolder
+from pipeline.stages.scorers.phash import colours_close
 
 log = logging.getLogger("synthset")
+# the near-duplicate signatures the phash scorer writes (outputs from before ahash existed
+# have phash alone, grouped by it as they were), and the exact one
+NEAR_COLUMNS = ["sha256", "ahash", "colour_2x2", "phash"]
 SCHEMA = pa.schema([("key", pa.string()), ("group", pa.int64()),
                     ("representative", pa.string())])
 
@@ -54,22 +62,29 @@ def find_groups(folder: OutputFolder, threshold: int = 4, bands: int = 4,
                 max_rows: int = 1 << 21) -> tuple[pa.Table, dict]:
     """The duplicate groups of a committed output, and the search's stats."""
     names = sorted(committed_shards(folder))
-    with SpillFile() as phash, SpillFile() as sha:
-        has_phash = False
-        for table in _row_groups(folder, names, ["phash", "sha256"]):
-            has_phash |= "phash" in table.column_names
-            sha.append(_as_u64(table["sha256"]))
-            if "phash" in table.column_names:
-                phash.append(_as_u64(table["phash"], table["sha256"]))
+    spills = {c: SpillFile() for c in NEAR_COLUMNS}
+    try:
+        for table in _row_groups(folder, names, NEAR_COLUMNS):
+            for column in NEAR_COLUMNS:  # a missing hash: the row matches exact copies only
+                if column in table.column_names:
+                    spills[column].append(_as_u64(table[column], table["sha256"]))
+        sha = spills["sha256"]
         found, stats = near_pairs(sha, 0, 1, max_rows)  # exact copies: equal sha256 prefix
-        if has_phash and phash.rows == sha.rows:
-            found, near = near_pairs(phash, threshold, bands, max_rows, found)
-            stats = {k: stats[k] + near[k] if k != "max_rows_held" else max(stats[k], near[k])
+        # one signature for every row: ahash confirmed by colour, else (older outputs) phash
+        kind = next((k for k in ("ahash", "phash") if sha.rows and spills[k].rows == sha.rows
+                     and (k == "phash" or spills["colour_2x2"].rows == sha.rows)), None)
+        if kind is not None:
+            confirm = (spills["colour_2x2"], colours_close) if kind == "ahash" else (None, None)
+            found, more = near_pairs(spills[kind], threshold, bands, max_rows, found, *confirm)
+            stats = {k: stats[k] + more[k] if k != "max_rows_held" else max(stats[k], more[k])
                      for k in stats}
         stats["rows"] = sha.rows
+    finally:
+        for spill in spills.values():
+            spill.close()
     table = _group_table(folder, names, found)
     stats.update(groups=len(set(table["group"].to_pylist())), images=table.num_rows,
-                 phash=has_phash, threshold=threshold)
+                 phash=kind is not None, signature=kind, threshold=threshold)
     return table, stats
 
 
@@ -95,7 +110,7 @@ def write_duplicates(folder: OutputFolder, threshold: int = 4, bands: int = 4) -
     folder.write_bytes(DUPLICATES, parquet_bytes(table))
     log.info("duplicates of %s: %d groups, %d images (%d candidates compared)",
              folder.display(), stats["groups"], stats["images"], stats["candidates"])
-    return {k: stats[k] for k in ("groups", "images", "rows", "threshold", "phash")}
+    return {k: stats[k] for k in ("groups", "images", "rows", "threshold", "phash", "signature")}
 
 
 def rerun_dedup(folder: OutputFolder, threshold: int | None = None,

@@ -5,6 +5,8 @@ each band (a slice of the 64 bits) the rows are split into partitions by the ban
 bits, so one pass holds at most ``max_rows`` rows; within a partition rows are sorted by
 the band and each run of equal band values is compared pairwise by true Hamming distance.
 Pairs within the threshold are joined in a union-find that holds only rows that matched.
+A second signature per row (its own spill file, read alongside) may confirm each candidate
+pair before it is joined: near-duplicates are then pairs close in both.
 
 Recall: two hashes within distance ``d`` share at least one whole band when ``d < bands``
 (pigeonhole). With 4 bands of 16 bits and threshold 4, pairs exactly 4 apart are missed
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 CHUNK_ROWS = 1 << 16  # rows read from the spill file at a time (512 KiB)
+# (values of row a, values of row b) -> whether each pair agrees: a second signature's check
+Agree = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class SpillFile:
@@ -89,19 +93,22 @@ def band_slices(bands: int) -> list[tuple[int, int]]:
 
 
 def near_pairs(spill: SpillFile, threshold: int, bands: int = 4, max_rows: int = 1 << 21,
-               found: UnionFind | None = None) -> tuple[UnionFind, dict]:
-    """Join every pair of rows within ``threshold`` bits that shares a band. Returns the
-    union-find and stats (passes, the most rows held at once, candidates compared)."""
+               found: UnionFind | None = None, confirm: SpillFile | None = None,
+               agree: Agree | None = None) -> tuple[UnionFind, dict]:
+    """Join every pair of rows within ``threshold`` bits that shares a band and, with
+    ``confirm``, whose rows there ``agree`` (a second signature per row, read alongside).
+    Returns the union-find and stats (passes, the most rows held at once, candidates
+    compared, pairs joined, candidates the confirmation refused)."""
     found = found or UnionFind()
-    stats = {"passes": 0, "max_rows_held": 0, "candidates": 0, "pairs": 0}
+    stats = {"passes": 0, "max_rows_held": 0, "candidates": 0, "pairs": 0, "refused": 0}
     for shift, bits in band_slices(bands):
         split_bits = min(bits, max(0, int(np.ceil(np.log2(max(spill.rows / max_rows, 1))))))
         for part in range(1 << split_bits):
-            rows, hashes = _partition(spill, shift, bits, split_bits, part)
+            rows, hashes, second = _partition(spill, shift, bits, split_bits, part, confirm)
             stats["passes"] += 1
             stats["max_rows_held"] = max(stats["max_rows_held"], len(rows))
-            _join_runs(rows, hashes, (hashes >> np.uint64(shift)) & _mask(bits), threshold,
-                       found, stats)
+            band = (hashes >> np.uint64(shift)) & _mask(bits)
+            _join_runs(rows, hashes, band, threshold, found, stats, second, agree)
     return found, stats
 
 
@@ -109,30 +116,43 @@ def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
 
 
-def _partition(spill: SpillFile, shift: int, bits: int, split_bits: int,
-               part: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (and hashes) whose band's top ``split_bits`` bits equal ``part``."""
-    rows, hashes = [], []
+def _partition(spill: SpillFile, shift: int, bits: int, split_bits: int, part: int,
+               confirm: SpillFile | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows, hashes (and confirm values) whose band's top ``split_bits`` bits equal ``part``."""
+    rows, hashes, second = [], [], []
+    seconds = confirm.chunks() if confirm is not None else None
     for start, chunk in spill.chunks():
         band = (chunk >> np.uint64(shift)) & _mask(bits)
         keep = np.flatnonzero((band >> np.uint64(bits - split_bits)) == part) \
             if split_bits else np.arange(len(chunk))
         rows.append(keep + start)
         hashes.append(chunk[keep])
-    return (np.concatenate(rows) if rows else np.zeros(0, np.int64),
-            np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        if seconds is not None:
+            second.append(next(seconds)[1][keep])  # same chunking: row for row
+    return (_join(rows, np.int64), _join(hashes, np.uint64),
+            _join(second, np.uint64) if confirm is not None else None)
+
+
+def _join(parts: list[np.ndarray], kind) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, kind)
 
 
 def _join_runs(rows: np.ndarray, hashes: np.ndarray, band: np.ndarray, threshold: int,
-               found: UnionFind, stats: dict) -> None:
+               found: UnionFind, stats: dict, second: np.ndarray | None = None,
+               agree: Agree | None = None) -> None:
     """Compare each row with the later rows of its run of equal band values."""
     order = np.argsort(band, kind="stable")
     band, hashes, rows = band[order], hashes[order], rows[order]
+    second = second[order] if second is not None else None
     starts = np.flatnonzero(band[:-1] == band[1:])  # positions whose run goes on
     k = 1
     while len(starts):
         stats["candidates"] += len(starts)
         close = np.bitwise_count(hashes[starts] ^ hashes[starts + k]) <= threshold
+        if second is not None:
+            confirmed = close & agree(second[starts], second[starts + k])
+            stats["refused"] += int(close.sum() - confirmed.sum())
+            close = confirmed
         for a, b in zip(rows[starts[close]], rows[starts[close] + k]):
             found.union(int(a), int(b))
         stats["pairs"] += int(close.sum())

@@ -2,7 +2,8 @@
 
 Every marker's data objects must exist with the sha256 it lists; every successful
 row's image must exist with the sha256 of its row (loose files, tar members or
-embedded Parquet bytes); every shard must hold exactly the keys its marker counts;
+embedded Parquet bytes), and so must every stored rejected draw's (``KEY_aN``, of a
+successful sample); every shard must hold exactly the keys its marker counts;
 ``_SUCCESS`` (and the ``_manifest.pq`` it names) must agree with the markers; and
 nothing else may lie in the folder.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
+from pipeline.input.shards import split_rejected_key
 from pipeline.output.formats import get_format
-from pipeline.output.formats.base import ShardCheck
+from pipeline.output.formats.base import REJECTED, SUCCEEDED, ShardCheck
 from pipeline.output.layout import JOB, SUCCESS, is_bookkeeping, marker_name, shard_of_marker
 from pipeline.output.manifest import read_entries, read_markers
 from pipeline.output.storage import OutputFolder
@@ -29,6 +31,7 @@ class Report:
     shards: int = 0
     images: int = 0
     failed_rows: int = 0
+    rejected: int = 0  # stored rejected draws (quality.keep_rejected)
     objects: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
@@ -39,9 +42,10 @@ class Report:
         return not self.problems
 
     def format(self, limit: int = 50) -> str:
+        rejected = f", {self.rejected} rejected draws" if self.rejected else ""
         head = (f"{'OK' if self.ok else 'FAILED'} {self.output}: {self.shards} shards, "
-                f"{self.images} images, {self.failed_rows} failed rows; {self.objects} objects "
-                f"({self.bytes / 2**20:.1f} MiB) checked")
+                f"{self.images} images{rejected}, {self.failed_rows} failed rows; "
+                f"{self.objects} objects ({self.bytes / 2**20:.1f} MiB) checked")
         if self.ok:
             return head
         lines = [f"{head}; {len(self.problems)} problem(s):"]
@@ -122,11 +126,15 @@ def check_shard(c: ShardCheck, writer) -> set[str]:
     rows = read_rows(c, c.metadata)
     if rows is None:
         return set(objects)
+    rejected = [r for r in rows if r["status"] == REJECTED]
+    rows = [r for r in rows if r["status"] != REJECTED]
     check_keys(c, rows)
-    images = {r["key"]: r for r in rows if r["status"] == "success"}
+    check_rejected(c, rows, rejected)
+    images = {r["key"]: r for r in rows if r["status"] == SUCCEEDED}
     c.report.images += len(images)
     c.report.failed_rows += len(rows) - len(images)
-    return set(objects) | writer.check(c, images)
+    c.report.rejected += len(rejected)
+    return set(objects) | writer.check(c, {**images, **{r["key"]: r for r in rejected}})
 
 
 def read_rows(c: ShardCheck, name: str) -> list[dict] | None:
@@ -139,6 +147,21 @@ def read_rows(c: ShardCheck, name: str) -> list[dict] | None:
     except Exception as e:
         c.problem(f"{name}: unreadable Parquet ({type(e).__name__}: {str(e)[:200]})")
         return None
+
+
+def check_rejected(c: ShardCheck, rows: list[dict], rejected: list[dict]) -> None:
+    """Each stored rejected draw is ``KEY_aN`` of a successful sample of the shard, once,
+    and the marker counts them (``quality.rejected_stored``)."""
+    kept = {r["key"] for r in rows if r["status"] == SUCCEEDED}
+    counted = (c.marker.get("quality") or {}).get("rejected_stored", 0)
+    if len(rejected) != counted:
+        c.problem(f"{c.metadata}: {len(rejected)} rejected draws, marker counts {counted}")
+    keys = [r["key"] for r in rejected]
+    bad = [k for k in keys if (split_rejected_key(k) or ("",))[0] not in kept]
+    bad += sorted(k for k, n in Counter(keys).items() if n > 1)
+    if bad:
+        c.problem(f"{c.metadata}: rejected draws with keys of no successful sample, or "
+                  f"repeated: {', '.join(bad[:5])}")
 
 
 def check_keys(c: ShardCheck, rows: list[dict]) -> None:

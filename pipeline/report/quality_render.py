@@ -32,8 +32,10 @@ def quality_sections(q: QualityData | None) -> list[str]:
 def _summary(q: QualityData) -> str:
     s, rows = q.summary, []
     if "accepted" in s:
+        stored = (f"; {s['rejected_stored']} rejected draws stored beside them (status "
+                  "'rejected', keys KEY_aN)" if "rejected_stored" in s else "")
         rows.append(("best-of-n", f"{s['accepted']} accepted, {s['not_accepted']} kept as the "
-                                  f"best of their draws, {s.get('draws', 0)} draws in all"))
+                                  f"best of their draws, {s.get('draws', 0)} draws in all{stored}"))
     if s.get("variety"):
         v = s["variety"]
         rows.append(("variety", f"mean pairwise phash distance {v['mean_phash_distance']} "

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from models.base import GenerationParams
-from pipeline.input.shards import Shard
-from pipeline.output.formats.base import ShardWriter
+from pipeline.input.shards import Shard, split_rejected_key
+from pipeline.output.formats.base import STORED, ShardWriter
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import JobSpec
 from pipeline.stages.quality_columns import mark_sample_fields, quality_columns, quality_stats
@@ -40,6 +40,7 @@ class ShardRun:
     timings: Counter = field(default_factory=Counter)
     pending: list[tuple[list[Sample], Future]] = field(default_factory=list)
     actor: dict = field(default_factory=dict)  # who drew it: pid, node, store threads
+    rejected: list[Sample] = field(default_factory=list)  # stored rejected draws (their rows)
 
 
 def commit_shard(run: ShardRun, spec: JobSpec, params: GenerationParams, model_id: str,
@@ -50,12 +51,13 @@ def commit_shard(run: ShardRun, spec: JobSpec, params: GenerationParams, model_i
         run.timings["image_encode_and_upload"] += StorePool.settle(chunk, future)
     run.timings["wait_for_uploads"] += time.perf_counter() - t
     t = time.perf_counter()
-    metadata = metadata_table(spec, params, model_id, run.table, run.samples)
+    rejected = sorted(run.rejected, key=lambda s: split_rejected_key(s.key))  # batch-free order
+    metadata = metadata_table(spec, params, model_id, run.table, run.samples + rejected)
     # timed before shard_stats so it reaches the marker; commit's uploads are in "uploads"
     run.timings["metadata"] += time.perf_counter() - t
     stats = shard_stats(run, cache_stats)
     if spec.quality.scorers or spec.quality.accept:
-        stats["quality"] = quality_stats(spec.quality, run.samples)
+        stats["quality"] = quality_stats(spec.quality, run.samples, rejected)
     return run.writer.commit(metadata, stats)
 
 
@@ -83,8 +85,9 @@ def shard_stats(run: ShardRun, cache_stats: dict) -> dict:
 
 def metadata_table(spec: JobSpec, p: GenerationParams, model_id: str, table: pa.Table,
                    samples: list[Sample]) -> pa.Table:
-    """``SSSSS.parquet``: one row per requested image, then the unused input columns."""
-    ok = [s.status == "success" for s in samples]
+    """``SSSSS.parquet``: one row per requested image (then one per stored rejected draw),
+    then the unused input columns."""
+    ok = [s.status in STORED for s in samples]
     columns = {
         "key": [s.key for s in samples], "id": [s.id for s in samples],
         "prompt": [s.prompt for s in samples],

@@ -4,7 +4,9 @@ Without ``quality.accept`` only the model scorers run here, one batch at a time 
 actor's device; the cheap ones run later on the store threads, beside encoding. With
 ``quality.accept`` every draw is scored here (the cheap scorers on the store threads,
 waited for), and a sample whose draw fails the expression is redrawn with the next
-attempt's seed, up to ``quality.max_attempts`` draws; the best draw is kept.
+attempt's seed, up to ``quality.max_attempts`` draws; the best draw is kept. With
+``quality.keep_rejected`` the other draws are handed on too, as rows of their own
+(``Sample.rejected_draw``: key ``KEY_aN``, status ``rejected``).
 """
 
 from __future__ import annotations
@@ -47,16 +49,19 @@ class QualityStage:
         self.accept = (parse_accept(quality.accept, numeric_columns(quality.scorers))
                        if quality.accept else None)
         self.max_attempts = quality.max_attempts
+        self.keep_rejected = quality.keep_rejected
 
     @property
     def scores_on_store(self) -> bool:
         """Whether the store threads run the cheap scorers (no accept: nothing waits)."""
         return self.accept is None and bool(self.cheap)
 
-    def __call__(self, drawn: Drawn, timings: Counter) -> Drawn:
+    def __call__(self, drawn: Drawn, timings: Counter) -> tuple[Drawn, Drawn]:
+        """``(kept, rejected)``: the draw kept for each sample, and with
+        ``quality.keep_rejected`` the other draws as rows of their own (else none)."""
         if self.accept is None:
             self._score(drawn, timings, cheap=False)
-            return drawn
+            return drawn, []
         return self._best_of_n(drawn, timings)
 
     def _score(self, drawn: Drawn, timings: Counter, cheap: bool) -> None:
@@ -74,11 +79,11 @@ class QualityStage:
                 sample.scores.update(scores)
         timings["score"] += time.perf_counter() - t
 
-    def _best_of_n(self, drawn: Drawn, timings: Counter) -> Drawn:
+    def _best_of_n(self, drawn: Drawn, timings: Counter) -> tuple[Drawn, Drawn]:
         """Redraw rejected samples with the next attempt's seed; keep each one's best."""
         self._score(drawn, timings, cheap=True)
         first = {id(s): s.seed for s, _ in drawn}
-        best = {id(s): self._keep(s, p, 0) for s, p in drawn}
+        draws = {id(s): [self._keep(s, p, 0)] for s, p in drawn}
         todo = [s for s, _ in drawn if not self.accept(s.scores)]
         for attempt in range(1, self.max_attempts):
             if not todo:
@@ -91,13 +96,32 @@ class QualityStage:
                 s.status, s.error_message = "pending", None
             self._score(redrawn, timings, cheap=True)
             for s, p in redrawn:
-                best[id(s)] = max(best[id(s)], self._keep(s, p, attempt), key=lambda k: k[0])
+                draws[id(s)].append(self._keep(s, p, attempt))
+                if not self.keep_rejected:  # only the best so far is needed: hold no more
+                    draws[id(s)] = [_best(draws[id(s)])]
             todo = [s for s, _ in redrawn if not self.accept(s.scores)]
+        return self._settle(drawn, draws)
+
+    def _settle(self, drawn: Drawn, draws: dict[int, list[tuple]]) -> tuple[Drawn, Drawn]:
+        """Each sample takes its best draw; the others become rejected rows (if held)."""
+        kept, rejected = [], []
         for s, _ in drawn:
-            _, s.seed, s.scores, _, s.attempt = best[id(s)]
+            best = _best(draws[id(s)])
+            _, s.seed, s.scores, pixels, s.attempt = best
             s.accepted = self.accept(s.scores)
-        return [(s, best[id(s)][3]) for s, _ in drawn]
+            kept.append((s, pixels))
+            for d in draws[id(s)]:
+                if d is not best:
+                    reject = s.rejected_draw(d[1], d[2], d[4])
+                    reject.accepted = self.accept(reject.scores)
+                    rejected.append((reject, d[3]))
+        return kept, rejected
 
     def _keep(self, sample: Sample, pixels: np.ndarray, attempt: int) -> tuple:
         # (rank, seed, scores, pixels, attempt); max() keeps the earlier draw on a tie
         return self.accept.rank(sample.scores), sample.seed, dict(sample.scores), pixels, attempt
+
+
+def _best(draws: list[tuple]) -> tuple:
+    """The best of a sample's draws; ``max`` keeps the earliest on a tie."""
+    return max(draws, key=lambda k: k[0])

@@ -13,7 +13,7 @@ from itertools import combinations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.output.formats.base import SAMPLE_FIELD
+from pipeline.output.formats.base import REJECTED, SAMPLE_FIELD, STORED
 from pipeline.stages.samples import Sample
 from pipeline.stages.scorers import ACCEPT_COLUMNS, columns_of
 from pipeline.stages.scorers.base import EMBEDDING
@@ -54,8 +54,9 @@ def vendi(samples: list[Sample]) -> dict[int, float]:
 
 
 def quality_columns(quality, images_per_prompt: int, samples: list[Sample]) -> dict:
-    """``{name: array}`` of the job's score columns (null for failed samples)."""
-    ok = [s.status == "success" for s in samples]
+    """``{name: array}`` of the job's score columns (null for failed samples). With
+    ``keep_rejected``, ``kept`` tells a sample's image (True) from a stored rejected draw."""
+    ok = [s.status in STORED for s in samples]
     columns = {name: pa.array([s.scores.get(name) if k else None for s, k in zip(samples, ok)],
                               kind) for name, kind in columns_of(quality.scorers).items()}
     if quality.accept:
@@ -63,6 +64,9 @@ def quality_columns(quality, images_per_prompt: int, samples: list[Sample]) -> d
                                       ACCEPT_COLUMNS["attempt"])
         columns["accepted"] = pa.array([s.accepted if k else None for s, k in zip(samples, ok)],
                                        ACCEPT_COLUMNS["accepted"])
+    if quality.keep_rejected:
+        columns["kept"] = pa.array([s.kept if k else None for s, k in zip(samples, ok)],
+                                   ACCEPT_COLUMNS["kept"])
     if "phash" in quality.scorers and images_per_prompt > 1:
         rows = variety(samples)
         columns["variety"] = pa.array([rows.get(s.row) for s in samples], pa.float32())
@@ -80,8 +84,9 @@ def mark_sample_fields(table: pa.Table, names) -> pa.Table:
     return pa.Table.from_arrays(table.columns, schema=schema)
 
 
-def quality_stats(quality, samples: list[Sample]) -> dict:
-    """The marker's ``quality`` counts; summed over markers into ``_SUCCESS``."""
+def quality_stats(quality, samples: list[Sample], rejected: list[Sample] = ()) -> dict:
+    """The marker's ``quality`` counts; summed over markers into ``_SUCCESS``.
+    ``rejected``: the stored rejected draws (``keep_rejected``)."""
     done = [s for s in samples if s.status == "success"]
     rows = variety(samples) if "phash" in quality.scorers else {}
     stats = {"scored": sum(bool(s.scores) for s in done), "draws": sum(s.draws for s in done),
@@ -92,4 +97,6 @@ def quality_stats(quality, samples: list[Sample]) -> dict:
     if quality.accept:
         stats["accepted"] = sum(s.accepted is True for s in done)
         stats["not_accepted"] = sum(s.accepted is False for s in done)
+    if quality.keep_rejected:
+        stats["rejected_stored"] = sum(s.status == REJECTED for s in rejected)
     return stats

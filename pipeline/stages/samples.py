@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from models.base import derive_seed
-from pipeline.input.shards import KeyFormat, Shard
+from pipeline.input.shards import KeyFormat, Shard, rejected_key
 from pipeline.spec import JobSpec
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -43,9 +43,18 @@ class Sample:
     draws: int = 1  # images drawn for it (best-of-n redraws more)
     attempt: int = 0  # which draw was kept
     accepted: bool | None = None  # whether it passed quality.accept
+    kept: bool = True  # False: a rejected draw stored beside it (quality.keep_rejected)
 
     def fail(self, message: str) -> None:
         self.status, self.error_message = "error", message
+
+    def rejected_draw(self, seed: int, scores: dict, attempt: int) -> Sample:
+        """Another draw of this sample that was not kept, as a row of its own: key
+        ``KEY_aN``, the draw's seed and scores, ``accepted`` False."""
+        return Sample(key=rejected_key(self.key, attempt), row=self.row, id=self.id,
+                      prompt=self.prompt, negative_prompt=self.negative_prompt, seed=seed,
+                      image_index=self.image_index, truncated=self.truncated,
+                      scores=dict(scores), attempt=attempt, accepted=False, kept=False)
 
 
 def prompt_problem(prompt: object, what: str = "prompt") -> str | None:

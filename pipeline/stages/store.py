@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.output.formats.base import ShardWriter
+from pipeline.output.formats.base import REJECTED, SUCCEEDED, ShardWriter
 from pipeline.stages.image import encode_image
 from pipeline.stages.quality import score_cheap
 from pipeline.stages.samples import Sample
@@ -92,13 +92,16 @@ class StorePool:
         self.scorers = list(scorers)  # cheap ones, run beside encoding
         self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="synthset-io") if threads
                      else Inline())
-        self.in_flight = threading.BoundedSemaphore(max(2 * batch_size, 2 * threads))
+        self.capacity = max(2 * batch_size, 2 * threads)  # images waiting at most
+        self.in_flight = threading.BoundedSemaphore(self.capacity)
         self.bytes = ByteBudget(max_bytes)
 
     def submit(self, writer: ShardWriter, drawn: list[tuple[Sample, np.ndarray]]) -> list:
         """Hand a batch's images to the pool as one task per thread: per-image tasks cost
         more than encoding a small JPEG. Returns ``[(samples, future)]``."""
-        size = -(-len(drawn) // max(1, self.threads)) if drawn else 0
+        # a chunk never needs more slots than exist (best-of-n's kept rejects make a
+        # batch larger than batch_size): it would wait on itself
+        size = min(-(-len(drawn) // max(1, self.threads)), self.capacity) if drawn else 0
         tasks = []
         for i in range(0, len(drawn), size or 1):
             chunk = drawn[i:i + size]
@@ -128,13 +131,15 @@ class StorePool:
 
     @staticmethod
     def settle(samples: list[Sample], future: Future) -> float:
-        """Wait for one task; its samples become successes. Returns its seconds."""
+        """Wait for one task; its samples become successes (a stored rejected draw:
+        ``rejected``). Returns its seconds."""
         try:
             stored, seconds = future.result()
         except Exception as e:
             # Storage errors are not the samples' fault: fail the shard, no marker.
             raise RuntimeError(f"writing {samples[0].key}..{samples[-1].key} failed: {e}") from e
         for sample, (sha256, name, scores) in zip(samples, stored):
-            sample.sha256, sample.file, sample.status = sha256, name, "success"
+            sample.sha256, sample.file = sha256, name
+            sample.status = SUCCEEDED if sample.kept else REJECTED
             sample.scores.update(scores)
         return seconds

@@ -106,12 +106,13 @@ class ShardWorker:
         if shard.retry_keys is not None:
             # --retry-failed reopened the commit: every sample not retried takes its
             # committed outcome (and image) over
-            carry_over(folder, writer, samples, shard.retry_keys)
+            run.rejected = carry_over(folder, writer, samples, shard.retry_keys)
         todo = [s for s in samples if s.status == "pending"]
         if on_progress and len(todo) < len(samples):
             carried = sum(s.status == "success" for s in samples)
             on_progress(carried, len(samples) - len(todo) - carried)
-        run.pending = self._generate_all(todo, writer, timings, on_progress)
+        run.pending, rejected = self._generate_all(todo, writer, timings, on_progress)
+        run.rejected += rejected
         if self.committing is not None:
             wait([self.committing])  # its outcome is the caller's of that shard
         self.committing = self.committer.submit(self._commit, run)
@@ -123,9 +124,11 @@ class ShardWorker:
                             {"hits": cache.hits, "misses": cache.misses})
 
     def _generate_all(self, todo: list, writer, timings: Counter,
-                      on_progress: ProgressCallback | None) -> list[tuple[list, Future]]:
-        """Draw every pending sample in batches, handing images to the store pool."""
+                      on_progress: ProgressCallback | None) -> tuple[list, list]:
+        """Draw every pending sample in batches, handing images to the store pool.
+        Returns the store tasks and the rejected draws kept as rows of their own."""
         pending: list[tuple[list, Future]] = []
+        rejected: list = []
         size = self.spec.runtime.batch_size
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         # Text encoding of batch k+1 overlaps generation of batch k (on accelerators).
@@ -136,11 +139,12 @@ class ShardWorker:
                 ahead = self.prefetch.submit(self.text, batches[k + 1], timings)
             images = self.generate(batch, timings, embedded)
             drawn = [(s, pixels) for s, pixels in zip(batch, images) if pixels is not None]
-            drawn = self.quality(drawn, timings)  # model scorers; best-of-n redraws
-            pending.extend(self.store.submit(writer, drawn))
+            drawn, kept_rejects = self.quality(drawn, timings)  # scorers; best-of-n redraws
+            pending.extend(self.store.submit(writer, drawn + kept_rejects))
+            rejected += [s for s, _ in kept_rejects]
             if on_progress:
                 on_progress(len(drawn), len(batch) - len(drawn))
-        return pending
+        return pending, rejected
 
     def _warm_io(self) -> None:
         """Pay one-time costs before the actor reports ready, not inside the first shard

@@ -73,8 +73,10 @@ def test_bench_quality_mode_runs_the_scorers_and_prints_the_ratio(ray_local, tmp
     assert set(table) == {"raw", "local", "quality"} and int(table["quality"][1]) == 64
     ratio = float(report.split("scorers: ")[1].split("x")[0])
     assert abs(ratio - float(table["quality"][3]) / float(table["local"][3])) < 0.02, report
-    scored = pq.read_table(tmp_path / "quality" / "00000.parquet", columns=["phash"])
-    assert scored.column("phash").null_count == 0  # the quality mode really scored
+    scored = pq.read_table(tmp_path / "quality" / "00000.parquet",
+                           columns=["phash", "ahash", "scene_match"])
+    for column in scored.columns:  # the quality mode really scored, scene prompts included
+        assert column.null_count == 0
     assert not os.path.exists(tmp_path / "local" / "_duplicates.pq")  # local: none
     assert os.path.exists(tmp_path / "quality" / "_duplicates.pq")
     print(report)

@@ -37,6 +37,10 @@ log = logging.getLogger("synthset")
 
 
 SAMPLE_FIELD = {b"synthset": b"sample"}  # field metadata: a per-sample quality column
+# Row statuses whose image is stored: a sample's image, and a draw best-of-n did not keep
+# (stored only with quality.keep_rejected; its key is KEY_aN)
+SUCCEEDED, REJECTED = "success", "rejected"
+STORED = (SUCCEEDED, REJECTED)
 
 
 def sample_fields(schema: pa.Schema) -> list[str]:
@@ -161,8 +165,9 @@ class ShardWriter:
 
     @classmethod
     def check(cls, c: ShardCheck, images: dict[str, dict]) -> set[str]:
-        """Verify the images of the successful rows ``images`` (``{key: row}``); returns
-        the object names accounted for beyond the marker's own list."""
+        """Verify the images of the stored rows ``images`` (``{key: row}``: successes, and
+        rejected draws kept with ``quality.keep_rejected``); returns the object names
+        accounted for beyond the marker's own list."""
         raise NotImplementedError
 
 

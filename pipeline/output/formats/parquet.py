@@ -16,7 +16,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.output.formats.base import ShardCheck
+from pipeline.output.formats.base import STORED, ShardCheck
 from pipeline.output.formats.packed import SPOOL_MEMORY_BYTES, PackedWriter
 from pipeline.output.layout import metadata_name
 from pipeline.output.storage import OutputFolder
@@ -95,7 +95,7 @@ class ParquetShardWriter(PackedWriter):
 
     def image_column(self, part: pa.Table) -> pa.Array:
         images = [{"bytes": self.spool.get(k), "path": f"{k}.{self.extension}"}
-                  if status == "success" else None
+                  if status in STORED else None
                   for k, status in zip(part["key"].to_pylist(), part["status"].to_pylist())]
         return pa.array(images, IMAGE_TYPE)
 

@@ -1,6 +1,7 @@
 """``webdataset``: one tar per shard that ``webdataset`` and HF ``datasets`` load as is.
 
-``SSSSS.tar`` holds ``KEY.ext``, ``KEY.json`` and ``KEY.txt`` per successful sample, in key
+``SSSSS.tar`` holds ``KEY.ext``, ``KEY.json`` and ``KEY.txt`` per successful sample (and per
+stored rejected draw, ``KEY_aN``, whose JSON says ``"kept": false``), in the metadata's row
 order with fixed member metadata (equal images give an equal tar); ``SSSSS.parquet`` keeps
 every row, failures included; then the marker.
 """
@@ -16,7 +17,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.output.formats.base import ShardCheck, parquet_bytes, sample_fields
+from pipeline.output.formats.base import STORED, ShardCheck, parquet_bytes, sample_fields
 from pipeline.output.formats.packed import SPOOL_MEMORY_BYTES, PackedWriter
 from pipeline.output.layout import metadata_name
 from pipeline.output.storage import OutputFolder, StorageError
@@ -48,7 +49,8 @@ class WebDatasetShardWriter(PackedWriter):
         """Members in key order with fixed metadata, so equal images give an equal tar."""
         fields = json_fields(table.schema)
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for row in table.filter(pc.equal(table["status"], "success")).to_pylist():
+            stored = pc.is_in(table["status"], pa.array(STORED))  # rejected draws too, if kept
+            for row in table.filter(stored).to_pylist():
                 key = row["key"]
                 meta = {k: row.get(k) for k in fields}
                 meta["negative_prompt"] = meta["negative_prompt"] or ""

@@ -16,8 +16,9 @@ from pipeline.stages.scorers.scene import SceneScorer
 
 SCORERS: dict[str, type[Scorer]] = {
     s.name: s for s in (PhashScorer, SceneScorer, ClipScorer, SafetyScorer)}
-# with quality.accept: which draw was kept, and whether it passed
-ACCEPT_COLUMNS = {"attempt": pa.int32(), "accepted": pa.bool_()}
+# with quality.accept: which draw was kept, and whether it passed; with keep_rejected also
+# whether the row is the sample's image (True) or a stored rejected draw (False)
+ACCEPT_COLUMNS = {"attempt": pa.int32(), "accepted": pa.bool_(), "kept": pa.bool_()}
 
 
 def scorer_names() -> list[str]:
