@@ -204,3 +204,30 @@ def test_shipped_checkpoint_draws_64px():
     assert model.native_size == (64, 64)
     images = model.generate(model.encode_prompt(PROMPTS[:2]), [0, 1], GenerationParams(64, 64))
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+
+
+def test_object_tokens_mark_the_patches_the_object_covers():
+    from models.scenes import render
+    from models.train.ar_loop import object_tokens
+
+    attrs = dict(size="large", colour="red", shape="square", position="in the center",
+                 background="blue")
+    image = torch.tensor(render(attrs, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    marked = object_tokens(image, 16).view(16, 16)
+    # a 32-px square centred in 64 px: patches 4..11 on both axes, nothing else
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[4:12, 4:12] = True
+    assert torch.equal(marked, expected)
+
+
+def test_object_token_weight_weighs_the_loss(run, tmp_path):
+    from models.train.ar_run import build_trainer
+
+    overrides = [o for o in run["overrides"] if not o.startswith(("model=", "out_dir="))]
+    cfg = load_train_config(None, overrides + [
+        f"init_from={run['export']}", "vq_steps=0", f"out_dir={tmp_path}",
+        "object_token_weight=4"])
+    weighted, plain = build_trainer(cfg), build_trainer({**cfg, "object_token_weight": 1.0})
+    losses = [t.step()["ar_loss"] for t in (weighted, plain)]  # the same batch
+    assert set(weighted.weights.unique().tolist()) == {1.0, 4.0} and plain.weights is None
+    assert losses[0] != pytest.approx(losses[1])
