@@ -231,3 +231,32 @@ def test_object_token_weight_weighs_the_loss(run, tmp_path):
     losses = [t.step()["ar_loss"] for t in (weighted, plain)]  # the same batch
     assert set(weighted.weights.unique().tolist()) == {1.0, 4.0} and plain.weights is None
     assert losses[0] != pytest.approx(losses[1])
+
+
+def test_pick_draws_each_row_from_its_own_generator_by_its_probabilities():
+    from models.ar_sampling import _pick
+
+    logits = torch.tensor([[0.0, float("-inf"), 2.0, 1.0]]).log_softmax(1).repeat(4000, 1)
+    drawn = _pick(logits, [torch.Generator().manual_seed(s) for s in range(4000)], 1.0, 0)
+    share = torch.bincount(drawn, minlength=4).float() / 4000
+    expected = torch.tensor([0.0, float("-inf"), 2.0, 1.0]).softmax(0)
+    assert share[1] == 0 and torch.allclose(share, expected, atol=0.03), share
+    # a row's token depends on its generator alone, not on the rows beside it
+    alone = _pick(logits[:1], [torch.Generator().manual_seed(7)], 1.0, 0)
+    assert alone == drawn[7]
+
+
+def test_a_bf16_kv_cache_keeps_the_logits():
+    torch.manual_seed(0)
+    model = ImageTransformer(ARConfig.tiny(text_dim=12)).eval()
+    text, mask = torch.randn(3, 5, 12), torch.ones(3, 5, dtype=torch.bool)
+    prefix, keys = model.embed_text(text, mask)
+    with torch.no_grad():
+        full, caches = model.prefill(prefix, keys)
+        half, half_caches = model.prefill(prefix, keys, torch.bfloat16)
+        assert half_caches[0].keys.dtype == torch.bfloat16 and half.dtype == torch.float32
+        keys = torch.cat([keys, torch.ones_like(keys[:, :1])], 1)
+        ids = full.argmax(1)
+        step, half_step = (model.decode(ids, 1, c, torch.cat([keys, keys[:, :1]], 1))
+                           for c in (caches, half_caches))
+    assert torch.allclose(full, half, atol=0.05) and torch.allclose(step, half_step, atol=0.05)
