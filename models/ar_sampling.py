@@ -22,8 +22,13 @@ def _pick(logits: torch.Tensor, generators: list[torch.Generator], temperature: 
     if 0 < top_k < logits.shape[1]:
         kth = logits.topk(top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(1)
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+    # inverse-CDF sampling with one uniform per row from the row's own generator: one
+    # vectorised search for the whole batch, where a multinomial call per row cost ~75 us
+    # each (a tenth of a batched step at batch 16)
+    cdf = logits.softmax(1).cumsum(1)
+    u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp_max(logits.shape[1] - 1)  # u * total can round up to the total
 
 
 def _grow(keys: torch.Tensor) -> torch.Tensor:
@@ -41,10 +46,12 @@ def _guide(logits: torch.Tensor, batch: int, scale: float) -> torch.Tensor:
 @torch.no_grad()
 def sample_tokens(model: nn.Module, text: torch.Tensor, mask: torch.Tensor,
                   generators: list[torch.Generator], temperature: float = 1.0, top_k: int = 0,
-                  guidance_scale: float = 1.0, use_cache: bool = True) -> torch.Tensor:
+                  guidance_scale: float = 1.0, use_cache: bool = True,
+                  kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sample image token ids (B, N) for text (B, T, D) / mask (B, T), one token at a time.
 
-    With ``use_cache=False`` every step reruns the whole sequence (for testing the cache).
+    With ``use_cache=False`` every step reruns the whole sequence (for testing the cache);
+    ``kv_dtype`` stores the cache (and runs attention) in another dtype.
     """
     batch, n = text.shape[0], model.pos_emb.shape[0]
     drop = None
@@ -55,7 +62,7 @@ def sample_tokens(model: nn.Module, text: torch.Tensor, mask: torch.Tensor,
     prefix, keys = model.embed_text(text, mask, drop)
     logits, caches = None, None
     if use_cache:
-        logits, caches = model.prefill(prefix, keys)
+        logits, caches = model.prefill(prefix, keys, kv_dtype)
         keys = _grow(keys)  # the BOS position
     for p in range(n):
         if not use_cache:

@@ -8,12 +8,16 @@ One run, one model, one device, the same prompts and batch size:
   det-X      the same with runtime.deterministic: X (``--deterministic auto,true,false``)
   s3         the full pipeline to S3 (a moto server on 127.0.0.1)
   ray-data   read_parquet → map_batches over an actor pool holding the same model → write
+  ar-b1      (autoregressive only) the raw loop with runtime.deterministic: false, one
+             image per call, on its own 32 prompts
+  ar-b16     the same at batch 16: issue 14 asks for >= 4x ar-b1's images/s
 Figures are images/s over the steady part of each run (first batch to last write), with
 wall-clock including start-up beside them.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import resource
@@ -55,6 +59,8 @@ def write_bench_prompts(path: str, n: int, scene_prompts: bool = False) -> str:
 
 
 QUALITY_SCORERS = ["phash", "scene"]  # --quality: the cheap scorers the demo runs
+BATCHED_SAMPLING = ("autoregressive",)  # families whose batch advances token by token
+AR_BATCH, AR_IMAGES = 16, 32  # the ar-b* rows: batch 16 against one at a time
 
 
 def bench_spec(args, prompts: str, output: str, options: dict | None = None,
@@ -117,6 +123,18 @@ def run_raw(spec: JobSpec, n: int, cpus: int, invariant: bool = False) -> dict[s
         torch.cuda.empty_cache()
     return {"images": n, "steady_s": seconds, "wall_s": seconds,
             "stages": {"generate": seconds}}
+
+
+def ar_batch_modes(args, work: str) -> dict[str, Any]:
+    """The ``ar-b1`` and ``ar-b16`` modes: the raw loop without batch invariance (what
+    ``runtime.deterministic: false`` runs) at batch 1 and 16 on the same 32 prompts."""
+    prompts = write_bench_prompts(os.path.join(work, "ar-prompts.parquet"), AR_IMAGES)
+
+    def mode(batch: int):
+        spec = bench_spec(argparse.Namespace(**{**vars(args), "batch_size": batch}),
+                          prompts, work)
+        return lambda: run_raw(spec, AR_IMAGES, args.cpus)
+    return {f"ar-b{b}": mode(b) for b in (1, AR_BATCH)}
 
 
 def _draw_batch(model, prompts: list[str], seeds: list[int], params) -> Any:
@@ -260,6 +278,11 @@ def format_report(results: dict[str, dict], args) -> str:
     for name, r in results.items():
         parts = ", ".join(f"{k} {r['stages'][k]:.2f}" for k in STAGES if k in r["stages"])
         lines.append(f"  {name:<9} {parts}")
+    one = _rate(results.get("ar-b1", {}))
+    if one and f"ar-b{AR_BATCH}" in results:
+        lines.append(f"batched AR sampling (deterministic: false): batch {AR_BATCH} draws "
+                     f"{_rate(results[f'ar-b{AR_BATCH}']) / one:.2f}x the images/s of one "
+                     "at a time (issue 14 asks >= 4x)")
     if "quality" in results and _rate(results.get("local", {})):
         lines.append(f"with {' + '.join(QUALITY_SCORERS)} scorers: "
                      f"{_rate(results['quality']) / _rate(results['local']):.2f}x the throughput "
@@ -371,6 +394,8 @@ def run_bench(args) -> str:
     if getattr(args, "quality", False):  # right after local: the pair to compare
         modes["quality"] = lambda: run_pipeline(bench_spec(
             args, prompts, os.path.join(work, "quality"), scorers=QUALITY_SCORERS))
+    if args.family in BATCHED_SAMPLING:
+        modes.update(ar_batch_modes(args, work))
     if not args.skip_s3:
         modes["s3"] = lambda: with_moto(lambda options, bucket: run_pipeline(
             bench_spec(args, prompts, f"s3://{bucket}/run", options)))

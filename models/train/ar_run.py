@@ -30,6 +30,7 @@ def _settings(cfg: dict) -> ARSettings:
         batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
         warmup=int(cfg["warmup"]), steps=int(cfg["steps"]), vq_steps=int(cfg["vq_steps"]),
         vq_lr=float(cfg["vq_lr"]), vq_batch_size=int(cfg["vq_batch_size"]),
+        object_weight=float(cfg.get("object_token_weight", 1.0)),
     )
 
 

@@ -63,6 +63,9 @@ class TrainConfig(Section):
     vq_lr: float = Field(2e-3, gt=0)
     vq_batch_size: int = Field(32, gt=0)
     warmup: int = Field(200, ge=0)
+    object_token_weight: float = Field(1.0, ge=1, description="loss weight of image tokens "
+                                       "whose patch differs from the image's corner colour "
+                                       "(the object's; 1 = plain cross-entropy)")
 
     @field_validator("family")
     @classmethod

@@ -204,3 +204,59 @@ def test_shipped_checkpoint_draws_64px():
     assert model.native_size == (64, 64)
     images = model.generate(model.encode_prompt(PROMPTS[:2]), [0, 1], GenerationParams(64, 64))
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+
+
+def test_object_tokens_mark_the_patches_the_object_covers():
+    from models.scenes import render
+    from models.train.ar_loop import object_tokens
+
+    attrs = dict(size="large", colour="red", shape="square", position="in the center",
+                 background="blue")
+    image = torch.tensor(render(attrs, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    marked = object_tokens(image, 16).view(16, 16)
+    # a 32-px square centred in 64 px: patches 4..11 on both axes, nothing else
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[4:12, 4:12] = True
+    assert torch.equal(marked, expected)
+
+
+def test_object_token_weight_weighs_the_loss(run, tmp_path):
+    from models.train.ar_run import build_trainer
+
+    overrides = [o for o in run["overrides"] if not o.startswith(("model=", "out_dir="))]
+    cfg = load_train_config(None, overrides + [
+        f"init_from={run['export']}", "vq_steps=0", f"out_dir={tmp_path}",
+        "object_token_weight=4"])
+    weighted, plain = build_trainer(cfg), build_trainer({**cfg, "object_token_weight": 1.0})
+    losses = [t.step()["ar_loss"] for t in (weighted, plain)]  # the same batch
+    assert set(weighted.weights.unique().tolist()) == {1.0, 4.0} and plain.weights is None
+    assert losses[0] != pytest.approx(losses[1])
+
+
+def test_pick_draws_each_row_from_its_own_generator_by_its_probabilities():
+    from models.ar_sampling import _pick
+
+    logits = torch.tensor([[0.0, float("-inf"), 2.0, 1.0]]).log_softmax(1).repeat(4000, 1)
+    drawn = _pick(logits, [torch.Generator().manual_seed(s) for s in range(4000)], 1.0, 0)
+    share = torch.bincount(drawn, minlength=4).float() / 4000
+    expected = torch.tensor([0.0, float("-inf"), 2.0, 1.0]).softmax(0)
+    assert share[1] == 0 and torch.allclose(share, expected, atol=0.03), share
+    # a row's token depends on its generator alone, not on the rows beside it
+    alone = _pick(logits[:1], [torch.Generator().manual_seed(7)], 1.0, 0)
+    assert alone == drawn[7]
+
+
+def test_a_bf16_kv_cache_keeps_the_logits():
+    torch.manual_seed(0)
+    model = ImageTransformer(ARConfig.tiny(text_dim=12)).eval()
+    text, mask = torch.randn(3, 5, 12), torch.ones(3, 5, dtype=torch.bool)
+    prefix, keys = model.embed_text(text, mask)
+    with torch.no_grad():
+        full, caches = model.prefill(prefix, keys)
+        half, half_caches = model.prefill(prefix, keys, torch.bfloat16)
+        assert half_caches[0].keys.dtype == torch.bfloat16 and half.dtype == torch.float32
+        keys = torch.cat([keys, torch.ones_like(keys[:, :1])], 1)
+        ids = full.argmax(1)
+        step, half_step = (model.decode(ids, 1, c, torch.cat([keys, keys[:, :1]], 1))
+                           for c in (caches, half_caches))
+    assert torch.allclose(full, half, atol=0.05) and torch.allclose(step, half_step, atol=0.05)

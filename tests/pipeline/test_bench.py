@@ -142,3 +142,26 @@ def test_the_device_table_reports_several_actors_per_actor_and_for_the_node(ray_
     assert int(node[4]) == sum(int(a[4]) for a in actors) == 128
     assert abs(float(node[7]) - float(node[5]) / float(node[6])) < 0.01
     assert float(node[6]) == min(64.0, float(report.split("capacity ")[1].split("/s")[0]))
+
+
+def test_bench_prints_the_batched_ar_rows_and_their_ratio(ray_local, tmp_path):
+    from models.autoregressive import ARConfig, ARImageModel
+    from models.encoders import TextEncoder, save_tiny_encoder
+
+    folder = tmp_path / "tiny-ar"
+    save_tiny_encoder(str(folder / "encoder"))
+    model = ARImageModel.from_config(ARConfig.tiny(encoder="encoder"),
+                                     TextEncoder(str(folder / "encoder")))
+    model.save_pretrained(str(folder))
+    report = run_bench(_bench_args(tmp_path / "work", family="autoregressive",
+                                   model=str(folder), prompts=16, batch_size=8, shard_size=16,
+                                   skip_s3=True, skip_ray_data=True, encode_size=0, repeat=1))
+    table = {cells[0]: cells for cells in map(str.split, report.split("per-stage")[0]
+                                              .splitlines()) if cells and cells[0] in
+             ("raw", "local", "ar-b1", "ar-b16")}
+    assert set(table) == {"raw", "local", "ar-b1", "ar-b16"}, report
+    assert int(table["ar-b1"][1]) == int(table["ar-b16"][1]) == 32  # their own 32 prompts
+    one, sixteen = float(table["ar-b1"][3]), float(table["ar-b16"][3])
+    assert one > 0 and sixteen > 0
+    ratio = float(report.split("batch 16 draws ")[1].split("x")[0])
+    assert abs(ratio - sixteen / one) < 0.05 * ratio, report
