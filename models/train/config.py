@@ -22,6 +22,8 @@ class TrainData(Section):
     image_column: str = "image"
     caption_column: str = "caption"
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    latent_column: str | None = Field(None, description="per-image noise z (a list of z_dim "
+                                      "floats) that reproduces the image, for recon_weight")
     label_columns: list[str] = Field(default_factory=list, description="categorical columns "
                                      "(null = the caption leaves it open) for the "
                                      "aux_attribute_weight heads")
@@ -50,6 +52,9 @@ class TrainConfig(Section):
     aux_attribute_weight: float = Field(0.0, ge=0, description="weight of the AC-GAN "
                                         "attribute-classification terms in D's and G's "
                                         "losses (gan only, needs data.label_columns; 0 = off)")
+    recon_weight: float = Field(0.0, ge=0, description="weight of G's L1 loss between "
+                                "G(z, caption) and the real image, z from data.latent_column "
+                                "(gan only; 0 = off)")
     image_size: int = Field(64, gt=0)
     out_dir: str = "runs/gan"
     export_dir: str | None = Field(None, description="default: OUT_DIR/export")
@@ -75,6 +80,9 @@ class TrainConfig(Section):
         if self.aux_attribute_weight and not self.data.label_columns:
             raise ValueError("aux_attribute_weight > 0 needs data.label_columns: the "
                              "attribute columns of the training Parquet")
+        if bool(self.recon_weight) != bool(self.data.latent_column):
+            raise ValueError("recon_weight > 0 and data.latent_column go together: the L1 "
+                             "loss needs the noise that reproduces each image")
         return self
 
     @field_validator("family")

@@ -6,6 +6,9 @@ caption is a fake), so D must check the caption, not just realism. G minimises
 ``-D(G(z, t), t)`` (hinge generator loss), plus, with ``mode_seeking_weight`` λ > 0, the
 MSGAN mode-seeking term (Mao et al. 2019) ``λ / (mean|G(z1, t) - G(z2, t)| / mean|z1 - z2| + ε)``
 over two noises for the same captions, so that G cannot ignore its noise. With
+``recon_weight`` > 0 the data carries, per image, the noise z that reproduces it (what the
+caption leaves free: position, open attributes; ``models/cartoon_latent.py``), G draws from
+that z and adds ``recon_weight * mean|G(z, t) - x|`` (an L1 term as in pix2pix). With
 ``aux_attribute_weight`` > 0 (and labelled data), D also classifies each attribute of real
 images and G is trained so those heads read its fakes as the caption says
 (``aux_attributes.py``, AC-GAN).
@@ -45,6 +48,7 @@ class TrainSettings:
     bf16: bool = False  # autocast on CUDA only
     mode_seeking_weight: float = 0.0  # λ of the MSGAN term; 0 = plain hinge G loss
     aux_attribute_weight: float = 0.0  # weight of the AC-GAN attribute terms; 0 = off
+    recon_weight: float = 0.0  # weight of the L1 term against the real image (data latents)
 
 
 class GanTrainer:
@@ -99,7 +103,10 @@ class GanTrainer:
         idx = torch.randint(0, n, (b,), generator=self.sampler)
         ids = self.data.caption_ids[idx]
         wrong = self._wrong_captions(ids)
-        z = torch.randn(b, self.config.z_dim, generator=self.sampler)
+        if self.data.latents is not None:  # the noise that reproduces each image
+            z = self.data.latents[idx]
+        else:
+            z = torch.randn(b, self.config.z_dim, generator=self.sampler)
         tok, mask = self.bank.take(ids)
         wtok, wmask = self.bank.take(wrong)
         return ids, [t.to(self.device)
@@ -142,7 +149,7 @@ class GanTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
-        g_loss, g_extra = self._generator_loss(z, tok, mask, ids)
+        g_loss, g_extra = self._generator_loss(z, tok, mask, ids, real)
         extra.update(g_extra)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -153,7 +160,8 @@ class GanTrainer:
                     d_fake=d_fake.item(), d_wrong=d_wrong.item(), **extra)
 
     def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor,
-                        ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                        ids: torch.Tensor,
+                        real: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge G loss; with λ > 0 half the batch is redrawn with a second noise z2.
 
         The first half of the captions is drawn twice (z1 and z2) and the mode-seeking
@@ -165,7 +173,7 @@ class GanTrainer:
             z2 = torch.randn(z[:half].shape, generator=self.sampler).to(z.device)
             z, tok, mask = torch.cat([z[:half], z2]), tok[:half].repeat(2, 1, 1), \
                 mask[:half].repeat(2, 1)
-            ids = ids[:half].repeat(2)
+            ids, real = ids[:half].repeat(2), real[:half]
         with self._autocast():
             fake = self.generator(z, tok, mask)
             logits, features = self.discriminator.forward_with_features(fake, tok, mask)
@@ -174,6 +182,10 @@ class GanTrainer:
         if self.aux:  # the heads should read the caption's attributes in the fakes
             aux_loss, extra = self.aux.fake_loss(features, ids)
             loss = loss + aux_loss
+        if self.settings.recon_weight:  # (the first len(real) fakes drew the data's z)
+            recon = (fake[:len(real)].float() - real).abs().mean()
+            loss = loss + self.settings.recon_weight * recon
+            extra = {**extra, "recon_l1": recon.item()}
         if not weight:  # exactly the loss (and random draws) of runs before the options
             return loss, extra
         ratio = mode_seeking_ratio(*fake.float().chunk(2), *z.chunk(2))

@@ -33,6 +33,7 @@ def _settings(cfg: dict) -> TrainSettings:
         hard_negatives=float(cfg["hard_negatives"]),
         mode_seeking_weight=float(cfg["mode_seeking_weight"]), bf16=bool(cfg["bf16"]),
         aux_attribute_weight=float(cfg["aux_attribute_weight"]),
+        recon_weight=float(cfg["recon_weight"]),
     )
 
 
