@@ -1,4 +1,5 @@
-# make demo   set up .venv and run jobs/demo.yaml on an embedded local Ray -> ./out/demo
+# make demo   set up .venv and run jobs/demo.yaml, then jobs/cartoon.yaml, on an embedded
+#             local Ray -> ./out/demo, ./out/cartoon (each with its report.html)
 # make test   set up .venv, lint, and run the test-suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   := .venv
@@ -31,10 +32,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/synthset run jobs/demo.yaml
 	$(BIN)/synthset report ./out/demo
+	$(BIN)/synthset run jobs/cartoon.yaml
+	$(BIN)/synthset report ./out/cartoon
 	@echo
 	@echo "Look at: ./out/demo/report.html (samples with prompts, throughput, failures),"
 	@echo "         ./out/demo/00000/*.png (images), ./out/demo/00000.parquet (metadata),"
 	@echo "         $(BIN)/synthset status ./out/demo"
+	@echo "         ./out/cartoon/report.html: the founding prompt 卡通风格的人物 beside its"
+	@echo "         English twin, a row of characters each (\"One prompt, every seed\")"
 
 # Throughput side by side (pipeline vs raw loop vs Ray Data) on a tiny Stable Diffusion
 # built from configs, then the pipeline's own overhead with the null generator.

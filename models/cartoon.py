@@ -70,14 +70,22 @@ def random_attrs(rng: np.random.Generator, combos: list[dict] | None = None) -> 
     return dict(combos[int(rng.integers(len(combos)))])
 
 
+# the per-sample variation no caption fixes: (low, high) of scale, dx, dy (of the image
+# side) and tilt (degrees), each drawn uniformly
+JITTER = {"scale": (0.88, 1.04), "dx": (-.06, .06), "dy": (-.03, .03), "tilt": (-8.0, 8.0)}
+NO_JITTER = (1.0, 0.0, 0.0, 0.0)
+
+
+def draw_jitter(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """(scale, dx, dy, tilt), each uniform in its JITTER range."""
+    return tuple(float(rng.uniform(*JITTER[k])) for k in JITTER)
+
+
 class _Layout:
     """Face centre (cx, cy), width w and height h in pixels of the big canvas."""
 
-    def __init__(self, attrs: dict, big: int, rng: np.random.Generator | None):
-        scale, dx, dy, self.tilt = 1.0, 0.0, 0.0, 0.0
-        if rng is not None:
-            scale, dx, dy = rng.uniform(0.88, 1.04), rng.uniform(-.06, .06), rng.uniform(-.03, .03)
-            self.tilt = rng.uniform(-8.0, 8.0)  # degrees
+    def __init__(self, attrs: dict, big: int, jitter: tuple[float, float, float, float]):
+        scale, dx, dy, self.tilt = jitter
         self.w = FACE_WIDTH * big * scale
         self.h = self.w * ASPECT[attrs["face"]]
         top, bottom = stack_extent(attrs)  # in face heights from the face centre
@@ -103,10 +111,14 @@ def hat_bottom(attrs: dict) -> float:
     return -0.5 - (0.38 if attrs["hair_style"] == "spiky" else 0.18)
 
 
-def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Draw one character as uint8 (size, size, 3); ``rng`` adds position/scale/tilt jitter."""
+def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None,
+           jitter: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Draw one character as uint8 (size, size, 3); ``rng`` adds position/scale/tilt jitter
+    (or give it as ``jitter``: see :func:`draw_jitter`)."""
     big = size * 4  # draw big, then downsample: anti-aliased edges
-    lay = _Layout(attrs, big, rng)
+    if jitter is None:
+        jitter = draw_jitter(rng) if rng is not None else NO_JITTER
+    lay = _Layout(attrs, big, jitter)
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     _hair(draw, lay, attrs)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from models import cartoon
 from models.cartoon import ATTRIBUTES
+from models.cartoon_latent import latent
 from models.cartoon_text import caption, free_form, partial
 
 MIX = {"en": 0.38, "zh": 0.38, "partial": 0.14, "free": 0.10}  # caption kinds, by share
@@ -45,11 +46,14 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, seed: int = 0,
-                  storage_options: dict | None = None, mix: dict | None = None) -> None:
+                  storage_options: dict | None = None, mix: dict | None = None,
+                  latent_dim: int | None = None) -> None:
     """Write ``n`` captioned characters of one split to a Parquet file at any fsspec ``url``.
 
     Columns: ``image`` (PNG bytes), ``caption``, ``lang`` (en/zh), ``kind``
-    (full/partial/free) and one column per attribute (null where the caption is silent).
+    (full/partial/free) and one column per attribute (null where the caption is silent);
+    with ``latent_dim``, also ``z``: the noise that reproduces the image
+    (:mod:`models.cartoon_latent`).
     """
     import fsspec
     import pyarrow as pa
@@ -57,13 +61,18 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, s
 
     rng = np.random.default_rng(seed)
     combos = cartoon.split(split_name)
-    rows, images = [], []
+    rows, images, latents = [], [], []
     for _ in range(n):
         attrs = cartoon.random_attrs(rng, combos)
         rows.append(labelled_row(attrs, rng, mix))
-        images.append(png_bytes(cartoon.render(attrs, size, rng)))
+        jitter = cartoon.draw_jitter(rng)
+        images.append(png_bytes(cartoon.render(attrs, size, jitter=jitter)))
+        if latent_dim:
+            latents.append(latent(rows[-1], attrs, jitter, latent_dim, rng))
     columns = {"image": pa.array(images, pa.binary())}
     columns.update({k: pa.array([r[k] for r in rows], pa.string()) for k in rows[0]})
+    if latent_dim:
+        columns["z"] = pa.array([z.tolist() for z in latents], pa.list_(pa.float32()))
     with fsspec.open(url, "wb", **(storage_options or {})) as f:
         pq.write_table(pa.table(columns), f)
 
@@ -76,8 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="train", choices=["train", "heldout"])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="also write z, the noise that reproduces each image (the GAN's z_dim)")
     args = parser.parse_args(argv)
-    write_dataset(args.url, args.n, args.split, args.size, args.seed)
+    write_dataset(args.url, args.n, args.split, args.size, args.seed,
+                  latent_dim=args.latent_dim)
 
 
 if __name__ == "__main__":

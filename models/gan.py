@@ -212,11 +212,16 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Linear(cfg.cond_dim, cin))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x, tokens, mask)[0]
+
+    def forward_with_features(self, x: torch.Tensor, tokens: torch.Tensor,
+                              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits (B,) and the trunk features (B, C, 4, 4) they were read from."""
         h = self.trunk(x)
         c = self.text(tokens, mask)
         joint = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, 4, 4)], 1))
         projection = (self.embed(c) * h.sum((2, 3))).sum(1)
-        return joint.flatten() + projection
+        return joint.flatten() + projection, h
 
 
 class GanImageModel(ImageModel):

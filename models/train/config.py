@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from models import config_files
 from models.config_files import Section, one_of
@@ -22,6 +22,11 @@ class TrainData(Section):
     image_column: str = "image"
     caption_column: str = "caption"
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    latent_column: str | None = Field(None, description="per-image noise z (a list of z_dim "
+                                      "floats) that reproduces the image, for recon_weight")
+    label_columns: list[str] = Field(default_factory=list, description="categorical columns "
+                                     "(null = the caption leaves it open) for the "
+                                     "aux_attribute_weight heads")
 
 
 class TrainConfig(Section):
@@ -44,6 +49,12 @@ class TrainConfig(Section):
                                   "that differ in only 1-2 words")
     mode_seeking_weight: float = Field(0.0, ge=0, description="λ of the MSGAN mode-seeking "
                                        "term in G's loss (gan only; 0 = off)")
+    aux_attribute_weight: float = Field(0.0, ge=0, description="weight of the AC-GAN "
+                                        "attribute-classification terms in D's and G's "
+                                        "losses (gan only, needs data.label_columns; 0 = off)")
+    recon_weight: float = Field(0.0, ge=0, description="weight of G's L1 loss between "
+                                "G(z, caption) and the real image, z from data.latent_column "
+                                "(gan only; 0 = off)")
     image_size: int = Field(64, gt=0)
     out_dir: str = "runs/gan"
     export_dir: str | None = Field(None, description="default: OUT_DIR/export")
@@ -66,6 +77,16 @@ class TrainConfig(Section):
     object_token_weight: float = Field(1.0, ge=1, description="loss weight of image tokens "
                                        "whose patch differs from the image's corner colour "
                                        "(the object's; 1 = plain cross-entropy)")
+
+    @model_validator(mode="after")
+    def _labels_for_aux(self) -> TrainConfig:
+        if self.aux_attribute_weight and not self.data.label_columns:
+            raise ValueError("aux_attribute_weight > 0 needs data.label_columns: the "
+                             "attribute columns of the training Parquet")
+        if bool(self.recon_weight) != bool(self.data.latent_column):
+            raise ValueError("recon_weight > 0 and data.latent_column go together: the L1 "
+                             "loss needs the noise that reproduces each image")
+        return self
 
     @field_validator("family")
     @classmethod

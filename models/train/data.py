@@ -16,6 +16,7 @@ class CaptionedImages:
     images: torch.Tensor
     caption_ids: torch.Tensor  # (N,) index into ``captions``
     captions: list[str]  # unique captions, in first-seen order
+    latents: torch.Tensor | None = None  # (N, z_dim): the noise that reproduces each image
 
     def __len__(self) -> int:
         return len(self.caption_ids)
@@ -70,13 +71,18 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 
 def load_captioned_images(url: str, image_size: int, image_column: str = "image",
                           caption_column: str = "caption",
-                          storage_options: dict | None = None) -> CaptionedImages:
+                          storage_options: dict | None = None,
+                          latent_column: str | None = None) -> CaptionedImages:
     """Read and decode a whole image-caption dataset (fine for tens of thousands of rows)."""
-    table = read_table(url, [image_column, caption_column], storage_options)
+    columns = [image_column, caption_column] + ([latent_column] if latent_column else [])
+    table = read_table(url, columns, storage_options)
     captions = table.column(caption_column).to_pylist()
     unique = list(dict.fromkeys(captions))
     index = {c: i for i, c in enumerate(unique)}
     pixels = np.stack([decode_image(b, image_size)
                        for b in table.column(image_column).to_pylist()])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return CaptionedImages(images, torch.tensor([index[c] for c in captions]), unique)
+    latents = None
+    if latent_column:
+        latents = torch.tensor(table.column(latent_column).to_pylist(), dtype=torch.float32)
+    return CaptionedImages(images, torch.tensor([index[c] for c in captions]), unique, latents)

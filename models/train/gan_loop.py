@@ -5,7 +5,13 @@ where ``t'`` is another caption (GAN-INT-CLS / DF-GAN: a real image under the wr
 caption is a fake), so D must check the caption, not just realism. G minimises
 ``-D(G(z, t), t)`` (hinge generator loss), plus, with ``mode_seeking_weight`` λ > 0, the
 MSGAN mode-seeking term (Mao et al. 2019) ``λ / (mean|G(z1, t) - G(z2, t)| / mean|z1 - z2| + ε)``
-over two noises for the same captions, so that G cannot ignore its noise.
+over two noises for the same captions, so that G cannot ignore its noise. With
+``recon_weight`` > 0 the data carries, per image, the noise z that reproduces it (what the
+caption leaves free: position, open attributes; ``models/cartoon_latent.py``), G draws from
+that z and adds ``recon_weight * mean|G(z, t) - x|`` (an L1 term as in pix2pix). With
+``aux_attribute_weight`` > 0 (and labelled data), D also classifies each attribute of real
+images and G is trained so those heads read its fakes as the caption says
+(``aux_attributes.py``, AC-GAN).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from models.gan import Discriminator, GanConfig, Generator
+from models.train.aux_attributes import AuxAttributes
 from models.train.data import CaptionedImages
 from models.train.text_bank import TextBank
 
@@ -40,13 +47,16 @@ class TrainSettings:
     hard_negatives: float = 0.5  # share of wrong captions that are near misses (see above)
     bf16: bool = False  # autocast on CUDA only
     mode_seeking_weight: float = 0.0  # λ of the MSGAN term; 0 = plain hinge G loss
+    aux_attribute_weight: float = 0.0  # weight of the AC-GAN attribute terms; 0 = off
+    recon_weight: float = 0.0  # weight of the L1 term against the real image (data latents)
 
 
 class GanTrainer:
     """Holds G, D, EMA(G) and their optimizers; ``step`` performs one D and one G update."""
 
     def __init__(self, config: GanConfig, settings: TrainSettings, data: CaptionedImages,
-                 bank: TextBank, device: torch.device, seed: int = 0):
+                 bank: TextBank, device: torch.device, seed: int = 0,
+                 labels: tuple[torch.Tensor, dict] | None = None):
         self.config, self.settings, self.data, self.bank = config, settings, data, bank
         self.device = device
         torch.manual_seed(seed)
@@ -58,6 +68,21 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), settings.lr_d, betas=betas)
         self.sampler = torch.Generator().manual_seed(seed)
         self.step_count = 0
+        self.aux = self._aux_heads(labels)
+
+    def _aux_heads(self, labels: tuple[torch.Tensor, dict] | None) -> AuxAttributes | None:
+        """The attribute heads (their weights train with D's optimizer), if the run has them."""
+        if not self.settings.aux_attribute_weight:
+            return None
+        if labels is None:
+            raise ValueError("aux_attribute_weight > 0 needs attribute labels "
+                             "(data.label_columns)")
+        probe = torch.zeros(1, 3, self.config.image_size, self.config.image_size)
+        in_features = self.discriminator.trunk(probe.to(self.device)).numel()
+        aux = AuxAttributes(*labels, in_features, self.settings.aux_attribute_weight,
+                            self.device)
+        self.opt_d.add_param_group({"params": list(aux.heads.parameters())})
+        return aux
 
     def load_weights(self, generator: dict, discriminator: dict | None,
                      ema: dict | None = None) -> None:
@@ -78,10 +103,14 @@ class GanTrainer:
         idx = torch.randint(0, n, (b,), generator=self.sampler)
         ids = self.data.caption_ids[idx]
         wrong = self._wrong_captions(ids)
-        z = torch.randn(b, self.config.z_dim, generator=self.sampler)
+        if self.data.latents is not None:  # the noise that reproduces each image
+            z = self.data.latents[idx]
+        else:
+            z = torch.randn(b, self.config.z_dim, generator=self.sampler)
         tok, mask = self.bank.take(ids)
         wtok, wmask = self.bank.take(wrong)
-        return [t.to(self.device) for t in (self.data.images[idx], z, tok, mask, wtok, wmask)]
+        return ids, [t.to(self.device)
+                     for t in (self.data.images[idx], z, tok, mask, wtok, wmask)]
 
     def _wrong_captions(self, ids: torch.Tensor) -> torch.Tensor:
         # a different caption for every image: shift by 1..U-1 modulo U ...
@@ -104,19 +133,24 @@ class GanTrainer:
 
     def step(self) -> dict[str, float]:
         """One discriminator and one generator update; returns the losses."""
-        real, z, tok, mask, wtok, wmask = self._batch()
-        w = self.settings.mismatch_weight
+        ids, (real, z, tok, mask, wtok, wmask) = self._batch()
+        w, extra = self.settings.mismatch_weight, {}
         with self._autocast():
             with torch.no_grad():
                 fake = self.generator(z, tok, mask)
-            d_real = torch.relu(1 - self.discriminator(real, tok, mask)).mean()
+            real_logits, real_features = self.discriminator.forward_with_features(real, tok, mask)
+            d_real = torch.relu(1 - real_logits).mean()
             d_fake = torch.relu(1 + self.discriminator(fake, tok, mask)).mean()
             d_wrong = torch.relu(1 + self.discriminator(real, wtok, wmask)).mean()
             d_loss = d_real + (1 - w) * d_fake + w * d_wrong
+        if self.aux:  # the heads learn the attributes of real images
+            aux_loss, extra = self.aux.real_loss(real_features, ids)
+            d_loss = d_loss + aux_loss
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
-        g_loss, extra = self._generator_loss(z, tok, mask)
+        g_loss, g_extra = self._generator_loss(z, tok, mask, ids, real)
+        extra.update(g_extra)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -125,8 +159,9 @@ class GanTrainer:
         return dict(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.item(),
                     d_fake=d_fake.item(), d_wrong=d_wrong.item(), **extra)
 
-    def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor,
-                        mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor,
+                        ids: torch.Tensor,
+                        real: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge G loss; with λ > 0 half the batch is redrawn with a second noise z2.
 
         The first half of the captions is drawn twice (z1 and z2) and the mode-seeking
@@ -138,14 +173,24 @@ class GanTrainer:
             z2 = torch.randn(z[:half].shape, generator=self.sampler).to(z.device)
             z, tok, mask = torch.cat([z[:half], z2]), tok[:half].repeat(2, 1, 1), \
                 mask[:half].repeat(2, 1)
+            ids, real = ids[:half].repeat(2), real[:half]
         with self._autocast():
             fake = self.generator(z, tok, mask)
-            adv = -self.discriminator(fake, tok, mask).float().mean()
-        if not weight:  # exactly the loss (and random draws) of runs before the option
-            return adv, {}
+            logits, features = self.discriminator.forward_with_features(fake, tok, mask)
+            adv = -logits.float().mean()
+        loss, extra = adv, {}
+        if self.aux:  # the heads should read the caption's attributes in the fakes
+            aux_loss, extra = self.aux.fake_loss(features, ids)
+            loss = loss + aux_loss
+        if self.settings.recon_weight:  # (the first len(real) fakes drew the data's z)
+            recon = (fake[:len(real)].float() - real).abs().mean()
+            loss = loss + self.settings.recon_weight * recon
+            extra = {**extra, "recon_l1": recon.item()}
+        if not weight:  # exactly the loss (and random draws) of runs before the options
+            return loss, extra
         ratio = mode_seeking_ratio(*fake.float().chunk(2), *z.chunk(2))
         ms = weight / (ratio + 1e-5)
-        return adv + ms, dict(ms_ratio=ratio.item(), ms_loss=ms.item())
+        return loss + ms, dict(ms_ratio=ratio.item(), ms_loss=ms.item(), **extra)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -10,6 +10,7 @@ import shutil
 
 from models.folder import load_weights, resolve_encoder
 from models.gan import GanConfig, load_config, save_model_folder
+from models.train.aux_attributes import attribute_labels
 from models.train.checkpoint import (
     begin_checkpoint,
     find_checkpoint,
@@ -31,7 +32,18 @@ def _settings(cfg: dict) -> TrainSettings:
         ema_decay=float(cfg["ema_decay"]), mismatch_weight=float(cfg["mismatch_weight"]),
         hard_negatives=float(cfg["hard_negatives"]),
         mode_seeking_weight=float(cfg["mode_seeking_weight"]), bf16=bool(cfg["bf16"]),
+        aux_attribute_weight=float(cfg["aux_attribute_weight"]),
+        recon_weight=float(cfg["recon_weight"]),
     )
+
+
+def _labels(cfg: dict, captions: list[str]) -> tuple | None:
+    """Attribute labels per caption for the AC-GAN heads, when the run uses them."""
+    if not cfg["aux_attribute_weight"]:
+        return None
+    data_cfg = cfg["data"]
+    return attribute_labels(data_cfg["path"], captions, data_cfg["label_columns"],
+                            data_cfg["caption_column"], data_cfg.get("storage_options"))
 
 
 def _model_config(cfg: dict) -> tuple[GanConfig, str | None, dict | None]:
@@ -54,7 +66,8 @@ def build_trainer(cfg: dict) -> GanTrainer:
     config, encoder_path, weights = _model_config(cfg)
     device = train_device(cfg["device"])
     data, bank = load_training_data(cfg, config, encoder_path, device)
-    trainer = GanTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]))
+    trainer = GanTrainer(config, _settings(cfg), data, bank, device, seed=int(cfg["seed"]),
+                         labels=_labels(cfg, data.captions))
     if weights:
         trainer.load_weights(weights["generator"], weights["discriminator"])
     found = find_checkpoint(cfg["out_dir"]) if cfg.get("resume", True) else None
@@ -105,6 +118,8 @@ def save_checkpoint(trainer: GanTrainer, run_dir: str) -> str:
     weights = {**_prefixed("generator", trainer.generator.state_dict()),
                **_prefixed("discriminator", trainer.discriminator.state_dict()),
                **_prefixed("ema", trainer.ema.state_dict())}
+    if trainer.aux:
+        weights.update(_prefixed("aux", trainer.aux.heads.state_dict()))
     save_file(weights, os.path.join(tmp, "model.safetensors"))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(trainer.config.__dict__, f, indent=2)
@@ -121,6 +136,9 @@ def load_checkpoint(trainer: GanTrainer, path: str) -> int:
     """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
     trainer.load_weights(load_weights(path, "generator."), load_weights(path, "discriminator."),
                          load_weights(path, "ema."))
+    aux = load_weights(path, "aux.")
+    if trainer.aux and aux:  # a run that just switched the heads on starts them afresh
+        trainer.aux.heads.load_state_dict(aux)
     return load_run_state(trainer, path, {"opt_g": trainer.opt_g, "opt_d": trainer.opt_d})
 
 

@@ -30,6 +30,9 @@ class TemplateSpec(_Section):
         default_factory=list, description="groups of slots that never share a value")
     exclude: list[dict[str, str | list[str]]] = Field(
         default_factory=list, description="combinations never generated, e.g. {shape: circle}")
+    say: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="slot -> {value: the words the prompt uses for it}; "
+        "the label column keeps the value. Words may name other slots: ', {eyes} eyes'")
 
     @field_validator("slots", mode="before")
     @classmethod
@@ -55,7 +58,7 @@ class TemplateSpec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TemplateSpec:
-        fields = template_fields(self.text)
+        fields = self._fields()
         missing = [f for f in fields if f not in self.slots]
         unused = [s for s in self.slots if s not in fields]
         if missing or unused:
@@ -71,6 +74,23 @@ class TemplateSpec(_Section):
             raise ValueError(f"slots: weights ({', '.join(weighted)}) need mode: sample")
         self._check_constraints()
         return self
+
+    def _fields(self) -> list[str]:
+        """Slots the text uses, directly or through the words ``say`` gives a value."""
+        fields = template_fields(self.text)
+        for slot, words in self.say.items():
+            if slot not in self.slots:
+                raise ValueError(f"say: {slot!r} is not a slot")
+            for value, text in words.items():
+                if value not in self.slots[slot]:
+                    raise ValueError(f"say: {value!r} is not a value of slot {slot!r}")
+                nested = template_fields(text)
+                if any(template_fields(w) for n in nested for w in self.say.get(n, {}).values()) \
+                        or slot in nested:
+                    raise ValueError(f"say.{slot}: {text!r} may name other slots whose own "
+                                     "words name none (one level)")
+                fields += nested
+        return list(dict.fromkeys(fields))
 
     def _check_constraints(self) -> None:
         for group in self.distinct:

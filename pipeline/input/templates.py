@@ -98,6 +98,9 @@ class Slots:
     def __init__(self, t: TemplateSpec):
         self.names = list(t.slots)
         self.values = [np.array(list(v), dtype=object) for v in t.slots.values()]
+        # the words each value is written as in the prompt (``say``; default the value)
+        self.words = [np.array([t.say.get(name, {}).get(v, v) for v in vals], dtype=object)
+                      for name, vals in zip(self.names, self.values, strict=True)]
         weights = [np.array(list(v.values()) if isinstance(v, dict) else [1.0] * len(v), float)
                    for v in t.slots.values()]
         self.cumulative = [np.cumsum(w) / w.sum() for w in weights]
@@ -274,11 +277,17 @@ class TemplateSource:
         """Rows [start, stop) as Arrow tables: the prompt and one label column per slot."""
         for digits in self.digits(start, stop):
             labels = [vals[digits[:, k]] for k, vals in enumerate(self.slots.values)]
-            prompts = [self.template.text.format_map(dict(zip(self.slots.names, row)))
-                       for row in zip(*labels)]
+            words = [w[digits[:, k]] for k, w in enumerate(self.slots.words)]
+            prompts = [self._prompt(dict(zip(self.slots.names, row))) for row in zip(*words)]
             yield pa.table([pa.array(prompts, pa.string())] +
                            [pa.array(col.tolist(), pa.string()) for col in labels],
                            schema=self.schema)
+
+
+    def _prompt(self, words: dict[str, str]) -> str:
+        # ``say`` words may name other slots (one level): fill those first
+        filled = {k: w.format_map(words) if "{" in w else w for k, w in words.items()}
+        return self.template.text.format_map(filled)
 
 
 def resolve_template(spec: InputSpec) -> InputSet:

@@ -25,6 +25,7 @@ from pipeline.output.storage import OutputFolder
 log = logging.getLogger("synthset")
 SAMPLE_COUNT = 24  # images in the grid
 SAMPLE_SHARDS = 6  # shards they are drawn from, spread over the run
+PROMPT_ROWS = 4  # prompts shown with every image drawn for them (images_per_prompt > 1)
 _COLUMNS = ("key", "prompt", "status", "file")
 
 
@@ -46,6 +47,7 @@ class RunData:
     markers: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
     quality: Any = None  # report.quality.QualityData (collect_quality), for scored jobs
+    prompt_rows: list[list[Sample]] = field(default_factory=list)  # one prompt's seeds each
 
     def failures(self) -> Counter:
         """Failed images by reason, summed over shards (each marker keeps its top 20)."""
@@ -70,6 +72,12 @@ def collect(folder: OutputFolder, sample_count: int = SAMPLE_COUNT) -> RunData:
     data = RunData(status, folder.read_json(JOB) or {}, markers)
     writer = get_format(data.job["spec"]["output"]["format"]) if data.job else None
     data.samples = read_samples(folder, writer, spread(names, SAMPLE_SHARDS), sample_count)
+    per_prompt = data.job.get("spec", {}).get("generation", {}).get("images_per_prompt", 1)
+    if names and per_prompt > 1:
+        rows = folder.call("reading", metadata_name(names[0]),
+                           lambda: _first_prompts(folder, names[0], PROMPT_ROWS))
+        data.prompt_rows = [s for s in (_with_images(folder, writer, names[0], r) for r in rows)
+                            if s]
     return data
 
 
@@ -106,6 +114,22 @@ def _first_successes(folder: OutputFolder, shard_name: str, limit: int) -> list[
             if len(rows) >= limit:
                 break
     return rows[:limit]
+
+
+def _first_prompts(folder: OutputFolder, shard_name: str, count: int) -> list[list[dict]]:
+    """The successful rows of a shard's first ``count`` prompts, grouped by prompt row id:
+    one group is what a prompt drew across its seeds (``image_index`` 0, 1, ...)."""
+    groups: dict[str, list[dict]] = {}
+    with folder.open(metadata_name(shard_name)) as f:
+        meta = pq.ParquetFile(f)
+        columns = [c for c in (*_COLUMNS, "id") if c in meta.schema_arrow.names]
+        for group in range(meta.num_row_groups):
+            for row in meta.read_row_group(group, columns=columns).to_pylist():
+                groups.setdefault(row.get("id") or row["prompt"], []).append(row)
+            if len(groups) > count:  # the first ``count`` groups are complete
+                break
+    return [[r for r in rows if r["status"] == "success"]
+            for rows in list(groups.values())[:count]]
 
 
 def _with_images(folder: OutputFolder, writer, shard_name: str,

@@ -21,6 +21,7 @@ CHART_W, CHART_H = 960, 200
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fff}
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:24px 0 8px}
+h3{font-size:14px;font-weight:normal;margin:12px 0 4px}
 .grid{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:128px} figure img{display:block;image-rendering:pixelated}
 figcaption{font-size:11px;line-height:1.25;color:#444;overflow-wrap:anywhere}
@@ -36,7 +37,7 @@ def render_html(data: RunData) -> str:
     title = f"synthset report: {s['name']}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>", _summary(data),
-             "<h2>Samples</h2>", _grid(data.samples),
+             "<h2>Samples</h2>", _grid(data.samples), *_prompt_rows(data.prompt_rows),
              "<h2>Throughput (images/s)</h2>", throughput_svg(data.markers),
              "<h2>Shard durations (s)</h2>", durations_svg(data.markers),
              "<h2>Time by stage</h2>", _stage_table(data.stage_seconds()),
@@ -75,14 +76,27 @@ def _summary(data: RunData) -> str:
 def _grid(samples: list[Sample]) -> str:
     if not samples:
         return "<p>No committed images yet.</p>"
-    cells = []
-    for sample in samples:
-        thumb = thumbnail(sample.data)
-        uri = "data:image/png;base64," + base64.b64encode(png_bytes(thumb)).decode()
-        cells.append(f"<figure><img src='{uri}' width='{thumb.width}' height='{thumb.height}' "
-                     f"alt='{_e(sample.key)}'><figcaption>{_e(sample.prompt)}</figcaption>"
-                     "</figure>")
-    return f"<div class='grid'>{''.join(cells)}</div>"
+    cells = "".join(_figure(sample, sample.prompt) for sample in samples)
+    return f"<div class='grid'>{cells}</div>"
+
+
+def _prompt_rows(rows: list[list[Sample]]) -> list[str]:
+    """"One prompt, every seed": a row of images per prompt, for jobs that draw several."""
+    if not rows:
+        return []
+    parts = ["<h2>One prompt, every seed</h2><p>The first prompts of the run, each with all "
+             "the images drawn for it (one per seed): how much they vary.</p>"]
+    for samples in rows:
+        cells = "".join(_figure(s, f"seed #{i}") for i, s in enumerate(samples))
+        parts.append(f"<h3>{_e(samples[0].prompt)}</h3><div class='grid'>{cells}</div>")
+    return parts
+
+
+def _figure(sample: Sample, caption: str) -> str:
+    thumb = thumbnail(sample.data)
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(thumb)).decode()
+    return (f"<figure><img src='{uri}' width='{thumb.width}' height='{thumb.height}' "
+            f"alt='{_e(sample.key)}'><figcaption>{_e(caption)}</figcaption></figure>")
 
 
 def _span(markers: list[dict]) -> tuple[float, float] | None:

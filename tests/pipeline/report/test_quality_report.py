@@ -110,6 +110,23 @@ def test_report_shows_the_quality_sections_in_chromium(scored, tmp_path):
     assert _found_all(screen, lowest)
 
 
+def test_prompt_rows_group_every_seed_of_the_first_prompts(scored):
+    from pipeline.report.render import render_html
+
+    folder, out, rows = scored
+    data = collect(folder)
+    assert len(data.prompt_rows) == 4  # PROMPT_ROWS
+    by_key = {r["key"]: r for r in rows}
+    for samples, prompt in zip(data.prompt_rows, PROMPTS, strict=False):
+        assert [by_key[s.key]["image_index"] for s in samples] == [0, 1]
+        assert {s.prompt for s in samples} == {prompt}
+        assert {by_key[s.key]["id"] for s in samples} == {by_key[samples[0].key]["id"]}
+    page = render_html(data)
+    section = page.split("One prompt, every seed")[1].split("<h2>")[0]
+    assert section.count("<h3>") == 4 and section.count("<img ") == 8
+    assert "seed #1" in section and PROMPTS[0] in section
+
+
 def _found_all(screen: np.ndarray, thumb: np.ndarray) -> list[tuple[int, int]]:
     """Every place (y, x) where ``thumb`` is drawn exactly (thumbnails are pixel-exact)."""
     h, w = thumb.shape[:2]

@@ -1,0 +1,72 @@
+"""The noise that reproduces a cartoon character, and the GAN's L1 term trained on it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from models import cartoon
+from models.cartoon import ATTRIBUTES, VALUES
+from models.cartoon_latent import LATENT_DIMS, latent, read_latent
+from models.encoders import save_tiny_encoder
+from models.train import TrainConfigError, load_train_config, run_training
+
+
+def test_latent_round_trips_jitter_and_open_attributes_and_stays_normal():
+    rng = np.random.default_rng(0)
+    zs = []
+    for _ in range(600):
+        attrs = cartoon.random_attrs(rng)
+        named = {a: (attrs[a] if a in ("face", "skin") else None) for a in ATTRIBUTES}
+        jitter = cartoon.draw_jitter(rng)
+        z = latent(named, attrs, jitter, 64, rng)
+        got_jitter, values = read_latent(z)
+        assert np.allclose(got_jitter, jitter, atol=1e-4)
+        assert all(values[a] == attrs[a] for a in ATTRIBUTES if named[a] is None)
+        zs.append(z)
+    zs = np.stack(zs)  # every dimension looks like N(0, 1): random z draws like the data
+    assert np.abs(zs.mean(0)).max() < 0.2 and np.abs(zs.std(0) - 1).max() < 0.15
+    # a random z picks each value of an open attribute about equally often
+    drawn = [read_latent(z)[1]["expression"] for z in rng.standard_normal((600, 64))]
+    assert min(drawn.count(v) for v in VALUES["expression"]) > 150
+    with pytest.raises(ValueError, match="z_dim"):
+        latent(named, attrs, jitter, LATENT_DIMS - 1, rng)
+
+
+def test_explicit_jitter_draws_what_the_rng_would():
+    attrs = cartoon.random_attrs(np.random.default_rng(1))
+    by_rng = cartoon.render(attrs, 32, np.random.default_rng(5))
+    jitter = cartoon.draw_jitter(np.random.default_rng(5))
+    assert np.array_equal(cartoon.render(attrs, 32, jitter=jitter), by_rng)
+    assert not np.array_equal(cartoon.render(attrs, 32), by_rng)
+
+
+@pytest.fixture(scope="module")
+def latent_data(tmp_path_factory):
+    from models.cartoon_data import write_dataset
+
+    path = str(tmp_path_factory.mktemp("latent") / "train.parquet")
+    write_dataset(path, 64, size=16, seed=4, latent_dim=LATENT_DIMS)
+    return path
+
+
+def test_recon_term_makes_g_redraw_the_image_its_z_encodes(latent_data, tmp_path):
+    encoder = str(tmp_path / "encoder")
+    save_tiny_encoder(encoder)
+    tiny = f"{{z_dim: {LATENT_DIMS}, ngf: 8, ndf: 4, cond_dim: 16, n_queries: 2, " \
+           f"encoder: {encoder}}}"
+    run_training(load_train_config(None, [
+        f"data.path={latent_data}", "data.latent_column=z", "recon_weight=20", "image_size=16",
+        "batch_size=16", "steps=80", "lr=2e-3", "threads=1", f"model={tiny}",
+        f"out_dir={tmp_path / 'run'}", "sample_every=0", "log_every=10",
+        "checkpoint_every=0"]))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").open()]
+    # G starts far from the images (L1 ~0.6 in [-1, 1] units) and must close in on them
+    assert rows[-1]["recon_l1"] < 0.6 * rows[0]["recon_l1"], rows
+
+
+def test_recon_weight_and_latent_column_go_together(latent_data):
+    with pytest.raises(TrainConfigError, match="latent_column"):
+        load_train_config(None, [f"data.path={latent_data}", "recon_weight=1"])
+    with pytest.raises(TrainConfigError, match="latent_column"):
+        load_train_config(None, [f"data.path={latent_data}", "data.latent_column=z"])
