@@ -28,13 +28,31 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray with 2 CPUs, shared by every test in a module."""
+    """A real local Ray with 2 CPUs. One instance serves every module that asks for it, in
+    turn (a start costs ~7 s on 2 cores); a module that needs a cluster of its own calls
+    ``release_shared_ray`` first, and the next module that asks starts a fresh one."""
     import ray
 
-    # "local": a new instance even when another run's Ray is up on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        # "local": a new instance even when another run's Ray is up on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
+
+
+def release_shared_ray() -> None:
+    """Stop the shared local Ray (if up) so that a module can start its own cluster."""
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_down_at_the_end():
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -102,8 +102,11 @@ class GenerationActor:
     """Holds one loaded model and a ShardWorker; ``generate`` then ``commit`` run a shard."""
 
     def __init__(self, spec_json: str, keys: KeyFormat, cpus: float, sink, slot: int) -> None:
+        # No loading bars in actor logs. Through the environment, read when huggingface_hub
+        # is first imported, rather than transformers' switch: importing transformers costs
+        # an actor ~1 s of CPU at start, and families like ``null`` never need it.
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         import torch
-        from transformers.utils import logging as hf_logging
 
         from models.registry import load_model, resolve_device
         from pipeline.output.storage import OutputFolder
@@ -111,7 +114,6 @@ class GenerationActor:
         from pipeline.stages.worker import ShardWorker
 
         torch.set_num_threads(max(1, int(cpus)))
-        hf_logging.disable_progress_bar()
         self.spec = JobSpec.model_validate_json(spec_json)
         self.device = resolve_device()
         m = self.spec.model

@@ -109,12 +109,13 @@ def test_the_raw_loop_is_one_pipeline_call_per_batch_and_invariance_one_per_imag
 
 
 def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_local, tmp_path):
+    """One run: a single-actor cell beside Ray Data, then four actors sharing the node."""
     args = _bench_args(tmp_path, device_table=True, device_seconds=1.0, device_rates=(64,),
-                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=32,
-                       capacity_seconds=0.3)
-    report = device_table(args)
-    rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
-    assert len(rows) == 1, report
+                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=16,
+                       capacity_seconds=0.3, device_actors=4, device_actor_rate=16)
+    table, several = device_table(args).split("4 actors on one node")
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith("jpeg")]
+    assert len(rows) == 1, table
     fmt, rate, capacity, limit, pipe, vs, rd, rd_vs = rows[0]
     assert int(rate) == 64 and float(limit) == min(64.0, float(capacity))
     assert float(pipe) > 0 and abs(float(vs) - float(pipe) / float(limit)) < 0.01
@@ -122,15 +123,10 @@ def test_the_simulated_device_table_sets_the_pipeline_against_its_limit(ray_loca
     # the cell ran the simulated device: 64 images committed, every one a success
     success = json.loads((tmp_path / "device-jpeg-64" / "_SUCCESS").read_text())
     assert success["successes"] == 64 and success["failed"] == 0
+    _assert_several_actors(several)
 
 
-def test_the_device_table_reports_several_actors_per_actor_and_for_the_node(ray_local,
-                                                                              tmp_path):
-    args = _bench_args(tmp_path, device_table=True, device_seconds=2.0, device_rates=(16,),
-                       device_formats=("jpeg",), size=64, batch_size=8, shard_size=16,
-                       capacity_seconds=0.3, skip_ray_data=True, device_actors=4,
-                       device_actor_rate=16)
-    report = device_table(args).split("4 actors on one node")[1]
+def _assert_several_actors(report: str) -> None:
     rows = [line.split() for line in report.splitlines() if line.strip().startswith("jpeg")]
     actors, node = rows[:-1], rows[-1]
     assert node[1] == "node" and actors, report
@@ -139,7 +135,7 @@ def test_the_device_table_reports_several_actors_per_actor_and_for_the_node(ray_
     assert len({a[1] for a in actors}) == len(actors)  # distinct places on the node
     # the node's totals: the threads of its actors (2 cores: 2 at most), every image
     assert int(node[3]) == sum(int(a[3]) for a in actors) <= 2
-    assert int(node[4]) == sum(int(a[4]) for a in actors) == 128
+    assert int(node[4]) == sum(int(a[4]) for a in actors) == 64
     assert abs(float(node[7]) - float(node[5]) / float(node[6])) < 0.01
     assert float(node[6]) == min(64.0, float(report.split("capacity ")[1].split("/s")[0]))
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.runner import JobFailed, run_job
 from pipeline.spec import build_spec
-from tests.conftest import write_prompts
+from tests.conftest import release_shared_ray, write_prompts
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,7 @@ def empty_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    release_shared_ray()  # this module runs on a cluster of its own
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     ray.init(address=c.address, log_to_driver=False)
     yield c

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline.runner import run_job
-from tests.conftest import write_prompts
+from tests.conftest import release_shared_ray, write_prompts
 from tests.pipeline.executor.test_faults import (
     PROMPTS,
     _assert_same_dataset,
@@ -20,6 +20,7 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    release_shared_ray()  # this module runs on a cluster of its own
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]  # logical GPUs
     ray.init(address=c.address, log_to_driver=False)
