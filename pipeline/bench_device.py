@@ -31,7 +31,7 @@ CAPACITY_S = 5.0  # seconds of encoding per capacity measurement
 def node_store_threads(image_format: str, output_format: str, cpus: int, actors: int) -> int:
     """The store threads a job's ``actors`` hold in all on a ``cpus``-core node, as the
     executor and the actors size them (a simulated device: the generator waits, no CPU)."""
-    from pipeline.executor import cpu_share
+    from pipeline.executor.capacity import cpu_share
     from pipeline.stages.store import store_threads
 
     share = cpus if actors == 1 else cpu_share(cpus, actors)  # the bench's cpus_per_actor

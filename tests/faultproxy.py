@@ -14,6 +14,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ class FaultProxy:
         self.trip_on: str | None = None  # a path suffix: once a PUT of it succeeds, outage on
         self.first_put_fails: str | None = None  # a path suffix: the first PUT of each gets 503
         self.hold: dict[str, threading.Event] = {}  # path suffix -> PUTs wait until it is set
+        self.latency_s = 0.0  # added to every request: an object store's first-byte time
         self._failed_once: set[str] = set()
         self.faults: Counter[str] = Counter()
         self.requests = 0
@@ -68,6 +70,7 @@ class FaultProxy:
             return fault
 
     def forward(self, method: str, path: str, headers, body: bytes):
+        time.sleep(self.latency_s)
         for suffix, release in self.hold.items():
             if method == "PUT" and path.split("?")[0].endswith(suffix):
                 release.wait(60)  # a slow store: the PUT takes as long as the test says

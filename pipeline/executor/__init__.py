@@ -1,4 +1,4 @@
-"""The only module that imports ray: the actor pool, GPU pinning, dispatch and resubmits.
+"""The only package that imports ray: the actor pool, GPU pinning, dispatch and resubmits.
 
 Each actor pins one GPU when the cluster has them (or the CPUs it computes on when
 it has none), loads its model once in the constructor, and runs whole shards in two
@@ -13,17 +13,17 @@ of times.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from pipeline.executor.actor import GenerationActor, _ProgressSink
+from pipeline.executor.capacity import CapacityWatch, ExecutorError, plan_actors
 from pipeline.executor.metrics import MeteredProgress
 from pipeline.input.shards import KeyFormat, Shard
 from pipeline.spec import JobSpec
@@ -44,173 +44,12 @@ def connect(address: str | None = None) -> None:
                  runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}})
 
 
-@ray.remote
-class _ProgressSink:
-    """Per-batch counts and heartbeats from actors: the bar moves within shards, stalls show."""
-
-    def __init__(self) -> None:
-        self.done = self.failed = 0
-        self.seen: dict[int, float] = {}
-        self.placed: dict[int, tuple[str, int]] = {}  # slot -> (node, index on that node)
-
-    def place(self, slot: int, node: str) -> int:
-        """The lowest index on ``node`` that no live actor holds: an actor's place among its
-        node's actors, which decides its share of a fractional CPU split."""
-        taken = {i for n, i in self.placed.values() if n == node}
-        self.placed[slot] = (node, min(set(range(len(taken) + 1)) - taken))
-        return self.placed[slot][1]
-
-    def leave(self, slot: int) -> None:
-        self.placed.pop(slot, None)
-
-    def report(self, slot: int, done: int, failed: int) -> None:
-        self.done += done
-        self.failed += failed
-        self.seen[slot] = time.time()
-
-    def take(self) -> tuple[int, int, dict[int, float]]:
-        counts = (self.done, self.failed, dict(self.seen))
-        self.done = self.failed = 0
-        return counts
-
-
-class _Reporter:
-    """Counts per batch, sent to the sink at most every ``interval_s`` (and at shard end):
-    a remote call per batch took a quarter of the generating thread in the null regime."""
-
-    def __init__(self, sink, slot: int, interval_s: float) -> None:
-        self.sink, self.slot, self.interval_s = sink, slot, interval_s
-        self.done = self.failed = 0
-        self.sent = 0.0
-
-    def __call__(self, done: int, failed: int) -> None:
-        self.done, self.failed = self.done + done, self.failed + failed
-        if time.monotonic() - self.sent >= self.interval_s:
-            self._send()
-
-    def flush(self) -> None:
-        if self.done or self.failed:
-            self._send()
-
-    def _send(self) -> None:
-        self.sink.report.remote(self.slot, self.done, self.failed)
-        self.done = self.failed = 0
-        self.sent = time.monotonic()
-
-
-class GenerationActor:
-    """Holds one loaded model and a ShardWorker; ``generate`` then ``commit`` run a shard."""
-
-    def __init__(self, spec_json: str, keys: KeyFormat, cpus: float, sink, slot: int) -> None:
-        # No loading bars in actor logs. Through the environment, read when huggingface_hub
-        # is first imported, rather than transformers' switch: importing transformers costs
-        # an actor ~1 s of CPU at start, and families like ``null`` never need it.
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        import torch
-
-        from models.registry import load_model, resolve_device
-        from pipeline.output.storage import OutputFolder
-        from pipeline.stages.store import store_threads
-        from pipeline.stages.worker import ShardWorker
-
-        torch.set_num_threads(max(1, int(cpus)))
-        self.spec = JobSpec.model_validate_json(spec_json)
-        self.device = resolve_device()
-        m = self.spec.model
-        model = load_model(m.family, m.path, m.encoder, self.device, m.dtype, m.scheduler,
-                           m.trust_remote_code, m.options, m.factory)
-        folder = OutputFolder(self.spec.output.path, self.spec.storage_options,
-                              self.spec.output.retries, self.spec.output.retry_backoff_s)
-        deterministic = self.spec.runtime.deterministic
-        if deterministic == "auto":
-            deterministic = self.device == "cpu"
-        # The store threads come from this actor's share of its node's CPUs (what Ray
-        # reserved for it) and its place among the node's actors, so that the actors on a
-        # node together encode on its cores and no more (os.cpu_count() would give each
-        # actor the whole node).
-        node = ray.get_runtime_context().get_node_id()
-        index = _place(sink, slot, node)
-        threads = store_threads(self.spec.output.format, cpus,
-                                self.device == "cpu" and getattr(model, "cpu_bound", True),
-                                index)
-        self.worker = ShardWorker(self.spec, model, keys, folder, deterministic, threads,
-                                  overlap_encoding=self.device != "cpu", device=self.device)
-        self.worker.placement = {"node": node, "index": index, "cpus": cpus}
-        self.report = _Reporter(sink, slot, min(0.25, self.spec.runtime.progress_interval_s))
-        self.commits: dict[int, Future] = {}
-
-    def ready(self) -> dict:
-        return {"device": self.device, "pid": os.getpid(), **self.worker.placement,
-                "store_threads": self.worker.store.threads}
-
-    def generate(self, shard: Shard, upcoming: Shard | None = None) -> None:
-        """Generate a shard; its commit goes on in the background until ``commit``.
-        ``upcoming`` (the shard this actor gets next) is read while this one generates."""
-        try:
-            committing = self.worker.start(shard, self.report, upcoming)
-        finally:
-            try:
-                self.report.flush()
-            except Exception as e:  # progress is advisory; the shard's outcome is not
-                log.warning("progress report lost: %s", e)
-        self.commits[shard.id] = committing
-
-    def commit(self, shard_id: int) -> dict:
-        """Wait for a generated shard's commit; returns its marker (or raises its error)."""
-        return self.commits.pop(shard_id).result()
-
-
-def _place(sink, slot: int, node: str) -> int:
-    """This actor's place on its node, from the progress sink; if the sink is gone (its node
-    was lost), the slot number stands in: the split is then only approximately even."""
-    try:
-        return ray.get(sink.place.remote(slot, node), timeout=60)
-    except (GetTimeoutError, RayActorError) as e:
-        log.warning("actor %d: no place from the progress sink (%s); using its slot", slot,
-                    type(e).__name__)
-        return slot - 1
-
-
 @dataclass
 class RunOutcome:
     """What the executor did: committed markers, shards given up on, and why."""
 
     committed: list[dict] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
-
-
-def plan_actors(spec: JobSpec) -> tuple[int, dict]:
-    """How many actors, and the resources each requests, from what the cluster has."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    count = spec.runtime.actors
-    if gpus:
-        count = gpus if count == "auto" else count
-        # The GPU's share of its node's CPUs: they run the actor's image encoding (512x512
-        # PNG is ~25 images/s per core) and uploads.
-        per_gpu = spec.runtime.cpus_per_actor or cpus_per_gpu(
-            [n["Resources"] for n in ray.nodes() if n["Alive"]])
-        return count, {"num_gpus": 1, "num_cpus": per_gpu}
-    count = 1 if count == "auto" else count
-    # Torch in an actor uses as many threads as the CPUs the actor asked for.
-    return count, {"num_gpus": 0, "num_cpus": spec.runtime.cpus_per_actor or cpu_share(cpus,
-                                                                                       count)}
-
-
-def cpu_share(cpus: int, actors: int) -> float:
-    """Each of ``actors`` actors' share of ``cpus`` CPUs: whole CPUs when there are enough
-    (Ray takes fractions only below 1), else an equal fraction, so that every actor fits
-    (at 4 actors on 2 CPUs, 0.5 each; with 1 each, two would wait forever)."""
-    if cpus >= actors:
-        return cpus // actors
-    return math.floor(cpus / actors * 1e4) / 1e4  # Ray keeps 4 decimals
-
-
-def cpus_per_gpu(nodes: list[dict]) -> int:
-    """CPUs each GPU actor can reserve on every GPU node: the smallest CPU-per-GPU share,
-    so an actor fits wherever a GPU is (head nodes without GPUs don't count)."""
-    shares = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU")]
-    return max(1, min(shares, default=1))
 
 
 @dataclass(eq=False)
@@ -224,10 +63,6 @@ class _Slot:
     last_seen: float = field(default_factory=time.time)
     lost_reason: str = ""
     upcoming: Shard | None = None  # promised to this actor next; its input is read ahead
-
-
-class ExecutorError(RuntimeError):
-    """The pool cannot make progress (actors keep failing to start or dying)."""
 
 
 class RayExecutor:
@@ -422,88 +257,6 @@ class RayExecutor:
         for slot in self.slots:
             slot.last_seen = max(slot.last_seen, seen.get(slot.id, 0))
         self.progress.images(done, failed)
-
-
-class CapacityWatch:
-    """Tells "waiting for capacity" apart from "the cluster is gone" while actors start.
-
-    Every few seconds: the driver's own node must still be alive in the GCS (a dead raylet
-    otherwise leaves ``ray.wait`` waiting forever); pending actors are reported to progress
-    and ``status`` with what they need; and if no alive node could ever host one (the
-    demand is infeasible: say, a head with no CPUs whose workers never came up), the run
-    stops after ``runtime.capacity_timeout_s`` naming the missing resources.
-    """
-
-    INTERVAL_S = 5.0
-    GRACE_S = 10.0  # an actor younger than this is starting, not waiting
-
-    def __init__(self, resources: dict, timeout_s: float, progress) -> None:
-        self.need = {"CPU": resources.get("num_cpus", 0), "GPU": resources.get("num_gpus", 0)}
-        self.timeout_s, self.progress = timeout_s, progress
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self._checked = 0.0
-        self._infeasible_since: float | None = None
-
-    def check(self, pending: list, ready: int) -> None:
-        # slots carry when they were started (last_seen); the young ones are just starting
-        pending = [s for s in pending if time.time() - s.last_seen > self.GRACE_S]
-        if not pending:  # every actor is up or starting: nothing to wait for
-            self._infeasible_since = None
-            self.progress.wait_note(None)
-        now = time.time()
-        if now - self._checked < self.INTERVAL_S:
-            return
-        self._checked = now
-        nodes = self._nodes()
-        if not any(n["NodeID"] == self.node_id and n["Alive"] for n in nodes):
-            raise ExecutorError("the driver's Ray node is gone (its raylet died or the "
-                                "cluster was stopped)")
-        if not pending:
-            return
-        fits = [n for n in nodes if n["Alive"] and self._fits(n["Resources"])]
-        need = ", ".join(f"{k}: {v:g}" for k, v in self.need.items() if v)
-        if fits:
-            self._infeasible_since = None
-            waiting = len(pending) - self._placed(len(pending), ready)
-            self.progress.wait_note(f"waiting for capacity: {waiting} actor(s) pending, each "
-                                    f"needs {{{need}}}" if waiting else None)
-            return
-        self._infeasible_since = self._infeasible_since or now
-        have = "; ".join(_describe_node(n) for n in nodes if n["Alive"]) or "no alive node"
-        text = (f"no node can host an actor: each needs {{{need}}}, the cluster has {have}")
-        self.progress.wait_note(f"{text} (waiting up to {self.timeout_s:.0f} s for one to join)")
-        if now - self._infeasible_since >= self.timeout_s:
-            raise ExecutorError(f"{text}; waited {self.timeout_s:.0f} s "
-                                "(runtime.capacity_timeout_s) for a node that fits")
-
-    def _placed(self, pending: int, ready: int) -> int:
-        """How many of the pending actors hold their resources already (loading a model):
-        what the cluster has in use beyond the ready actors' share. Another tenant's use
-        counts as ours here, so this errs towards "loading", never towards a false alarm."""
-        total, free = ray.cluster_resources(), ray.available_resources()
-        placed = pending
-        for key, each in self.need.items():
-            if each:
-                held = total.get(key, 0) - free.get(key, 0) - ready * each
-                placed = min(placed, max(0, int(held // each)))
-        return placed
-
-    def _fits(self, resources: dict) -> bool:
-        return all(resources.get(k, 0) >= v for k, v in self.need.items() if v)
-
-    @staticmethod
-    def _nodes() -> list[dict]:
-        try:
-            return ray.nodes()
-        except Exception as e:  # the GCS itself is unreachable
-            raise ExecutorError(f"the Ray cluster is unreachable: {type(e).__name__}: "
-                                f"{str(e)[:200]}") from None
-
-
-def _describe_node(node: dict) -> str:
-    r = node["Resources"]
-    address = node.get("NodeManagerAddress", "?")
-    return f"{address} (CPU {r.get('CPU', 0):g}, GPU {r.get('GPU', 0):g})"
 
 
 def _cause(error: RayTaskError) -> str:

@@ -5,9 +5,10 @@ it with their keys (``Shard.retry_keys``) through the usual executor; rows quara
 for their input (null or invalid prompts, duplicate ids) fail the same way every time
 and are left as they are.
 The worker rebuilds the shard's samples from the input (same keys, same seeds), takes
-the outcome of every other sample from the committed metadata, and has the writer carry
-the committed images over; only the failed samples are generated again. The commit is
-the usual one with the marker replaced last (``formats.base.replace_marker``).
+the outcome of every other sample from the committed metadata (``stages.carry``), and
+has the writer carry the committed images over; only the failed samples are generated
+again. The commit is the usual one with the marker replaced last
+(``formats.base.replace_marker``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
-from pipeline.input.shards import Shard, split_rejected_key
-from pipeline.output.formats.base import REJECTED, STORED, SUCCEEDED, ShardWriter, sample_fields
+from pipeline.input.shards import Shard
+from pipeline.output.formats.base import retryable, sample_fields
 from pipeline.output.layout import JOB, MANIFEST, SUCCESS, metadata_name
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import SpecError
-from pipeline.stages.samples import Sample, retryable
 
 # seed: best-of-n keeps a draw's derived seed, not the one the input gives
 CARRIED = ("status", "error_message", "sha256", "file", "truncated", "seed")
-# quality columns that are not scores
-ON_SAMPLE = ("attempt", "accepted", "kept", "variety", "vendi")
 
 
 def check_retry(folder: OutputFolder, overwrite: bool) -> None:
@@ -79,56 +77,3 @@ def retry_shards(folder: OutputFolder, shards: list[Shard], markers: dict[str, d
             if keys or len(errors) != marker["failed"]:
                 picked.append(dataclasses.replace(shard, retry_keys=keys))
     return picked
-
-
-def carry_over(folder: OutputFolder, writer: ShardWriter, samples: list[Sample],
-               retry_keys: tuple[str, ...]) -> list[Sample]:
-    """Give every sample not being retried its committed outcome; the writer keeps the
-    committed images. A retried sample stays pending, unless its input row is bad.
-    Returns the carried rejected draws (``quality.keep_rejected``) of the kept samples."""
-    rows = read_outcomes(folder, writer.shard_name)
-    rejected = [r for r in rows if r["status"] == REJECTED]
-    rows = [r for r in rows if r["status"] != REJECTED]
-    if [r["key"] for r in rows] != [s.key for s in samples]:
-        raise ValueError(f"{folder.display(metadata_name(writer.shard_name))} does not hold the "
-                         "rows this shard's input gives; run `synthset verify`")
-    retry = set(retry_keys)
-    for s, row in zip(samples, rows):
-        # only rows still failed: an earlier attempt of this retry may have fixed some
-        if row["key"] in retry and row["status"] == "error":
-            continue
-        for column in CARRIED:
-            setattr(s, column, row[column])
-        carry_scores(s, row)
-    carried = carry_rejected(samples, rejected)
-    writer.carry({s.key: s.sha256 for s in samples + carried if s.status in STORED})
-    return carried
-
-
-def carry_rejected(samples: list[Sample], rows: list[dict]) -> list[Sample]:
-    """The committed rejected draws of samples that keep their outcome, as samples again
-    (a sample being redrawn draws its rejects anew)."""
-    by_key = {s.key: s for s in samples if s.status == SUCCEEDED}
-    carried = []
-    for row in rows:
-        base = by_key.get((split_rejected_key(row["key"]) or ("",))[0])
-        if base is not None:
-            reject = base.rejected_draw(row["seed"], {}, row["attempt"])
-            for column in CARRIED:
-                setattr(reject, column, row[column])
-            carry_scores(reject, row)
-            reject.kept = False
-            carried.append(reject)
-    return carried
-
-
-def carry_scores(sample: Sample, row: dict) -> None:
-    """A carried sample keeps its committed quality columns (``variety`` is recomputed; a
-    carried image has no CLIP embedding, so ``vendi`` counts only its regenerated peers)."""
-    for name, value in row.items():
-        if name in ("key", *CARRIED, "variety", "vendi"):
-            continue
-        if name in ON_SAMPLE:
-            setattr(sample, name, value)
-        elif value is not None:
-            sample.scores[name] = value

@@ -16,9 +16,10 @@ from concurrent.futures import Future
 import numpy as np
 
 from models.base import GenerationParams, ImageModel
+from pipeline.output.formats.base import BLANK_IMAGE, GENERATION_FAILED
 from pipeline.spec import JobSpec
 from pipeline.stages.image import blank_mask
-from pipeline.stages.samples import BLANK_IMAGE, GENERATION_FAILED, Sample
+from pipeline.stages.samples import Sample
 
 log = logging.getLogger("synthset")
 

@@ -12,17 +12,6 @@ from pipeline.input.shards import KeyFormat, Shard, rejected_key
 from pipeline.spec import JobSpec
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# How a sample fails in generation; --retry-failed retries these. Every other error is
-# about the input row itself, and regenerating cannot change it.
-GENERATION_FAILED = "generation failed"
-BLANK_IMAGE = "generator returned a blank image"
-
-
-def retryable(error_message: str | None) -> bool:
-    """Whether a failed sample failed in generation (and may succeed on a retry)."""
-    return bool(error_message) and error_message.startswith((GENERATION_FAILED, BLANK_IMAGE))
-
-
 @dataclass
 class Sample:
     """One requested image: where it comes from, how to draw it, and how it went."""

@@ -26,9 +26,9 @@ import pyarrow as pa
 from models.base import ImageModel
 from pipeline.input.shards import KeyFormat, Shard
 from pipeline.output.formats import make_writer
-from pipeline.output.retry import carry_over
 from pipeline.output.storage import OutputFolder
 from pipeline.spec import JobSpec
+from pipeline.stages.carry import carry_over
 from pipeline.stages.commit import ShardRun, commit_shard
 from pipeline.stages.generate import Generator, generation_params
 from pipeline.stages.image import EXTENSIONS, encode_image

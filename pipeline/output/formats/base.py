@@ -41,6 +41,16 @@ SAMPLE_FIELD = {b"synthset": b"sample"}  # field metadata: a per-sample quality 
 # (stored only with quality.keep_rejected; its key is KEY_aN)
 SUCCEEDED, REJECTED = "success", "rejected"
 STORED = (SUCCEEDED, REJECTED)
+# How a sample fails in generation (an ``error`` row's message starts with one of these);
+# --retry-failed retries these. Every other error is about the input row itself, and
+# regenerating cannot change it.
+GENERATION_FAILED = "generation failed"
+BLANK_IMAGE = "generator returned a blank image"
+
+
+def retryable(error_message: str | None) -> bool:
+    """Whether a failed sample failed in generation (and may succeed on a retry)."""
+    return bool(error_message) and error_message.startswith((GENERATION_FAILED, BLANK_IMAGE))
 
 
 def sample_fields(schema: pa.Schema) -> list[str]:

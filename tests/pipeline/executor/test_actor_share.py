@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.executor import cpu_share
+from pipeline.executor.capacity import cpu_share
 from pipeline.runner import run_job
 from pipeline.spec import build_spec
 from pipeline.stages.store import store_threads

@@ -55,7 +55,7 @@ def test_node_removed_mid_job_moves_its_shards(cluster, tmp_path, tiny_gan, capl
 
 
 def test_gpu_actors_reserve_their_share_of_a_gpu_nodes_cpus():
-    from pipeline.executor import cpus_per_gpu
+    from pipeline.executor.capacity import cpus_per_gpu
 
     # a CPU-only head node does not count; the tightest GPU node decides
     assert cpus_per_gpu([{"CPU": 8}, {"CPU": 16, "GPU": 1}, {"CPU": 96, "GPU": 8}]) == 12

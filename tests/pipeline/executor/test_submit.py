@@ -65,7 +65,9 @@ def _wait_for_dashboard(url: str, proc: subprocess.Popen, log: str) -> None:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+    # `ray start --block` often outlives a SIGTERM by 15 s and more; its temp folder is
+    # removed anyway, so a short grace then SIGKILL for the whole group
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -172,6 +172,21 @@ def test_dedup_command_reruns_with_another_threshold(planted, capsys):
     assert any(key["scene 0"] in g and len(g) == 3 for g in groups)  # exact copies still
 
 
+def test_shards_read_in_parallel_arrive_in_shard_order(planted):
+    """Two readers at once (object storage round trips overlap), the rows as one reader
+    gives them: row numbers index the union-find, so order is part of the result."""
+    from pipeline.output.dedup import _row_groups
+    from pipeline.output.progress import committed_shards
+
+    folder, rows = planted
+    names = sorted(committed_shards(folder))
+    assert len(names) > 4  # more shards than the two readers hold ahead
+    one = [t.to_pylist() for t in _row_groups(folder, names, ["key", "ahash"], readers=1)]
+    two = [t.to_pylist() for t in _row_groups(folder, names, ["key", "ahash"], readers=2)]
+    assert two == one and [r["key"] for t in one for r in t] == \
+        [r["key"] for r in rows if r["status"] == "success"]
+
+
 def test_band_slices_cover_the_64_bits():
     for bands in (1, 4, 5, 16):
         slices = band_slices(bands)

@@ -15,7 +15,6 @@ from PIL import Image
 from pipeline.input.shards import plan_shards, split_rejected_key
 from pipeline.output.dedup import write_duplicates
 from pipeline.output.formats import get_format
-from pipeline.output.retry import retry_shards
 from pipeline.output.storage import OutputFolder
 from pipeline.output.verify import verify_output
 from pipeline.runner import claim_output, make_plan, reopen_damaged, write_success
@@ -24,7 +23,7 @@ from pipeline.stages.quality import attempt_seed
 from pipeline.stages.worker import ShardWorker
 from tests.conftest import write_prompts
 from tests.pipeline.stages.scene_model import SceneModel
-from tests.pipeline.stages.test_quality import BEST_OF, PROMPTS, FlakyScenes
+from tests.pipeline.stages.test_quality import BEST_OF, PROMPTS, FlakyScenes, retry_healed
 
 KEEP = {**BEST_OF, "keep_rejected": True}
 FORMATS = ("files", "webdataset", "parquet")
@@ -181,15 +180,8 @@ def test_retry_failed_carries_the_rejected_draws_of_kept_samples(tmp_path, fmt):
     model = FlakyScenes()
     spec, folder, _, _, before = run_complete(tmp_path, KEEP, fmt, model)
     assert before[0]["status"] == "error"
-    plan = make_plan(spec)
-    shards = list(plan_shards(plan.inputs, 5))
-    markers = {plan.keys.shard_name(s.id): folder.read_json(f"{plan.keys.shard_name(s.id)}"
-                                                            "_stats.json") for s in shards}
-    redo = retry_shards(folder, shards, markers, plan.keys.shard_name)
-    assert [s.id for s in redo] == [0]
-    model.healed = True
-    ShardWorker(spec, model, plan.keys, folder, True).run(redo[0])
-    write_success(folder, plan, duplicates=write_duplicates(folder))
+    retry_healed(spec, model)
+    write_success(folder, make_plan(spec), duplicates=write_duplicates(folder))
     after = _rows(tmp_path / "out")
     assert after[0]["status"] == "success"
     pick = ("key", "status", "seed", "attempt", "accepted", "kept", "sha256", "phash")

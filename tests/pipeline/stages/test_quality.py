@@ -230,25 +230,31 @@ class FlakyScenes(SceneModel):
         return super()._draw(prompt, seed)
 
 
-def test_retry_failed_keeps_the_scores_and_kept_draws_of_carried_samples(tmp_path):
+def retry_healed(spec, model: FlakyScenes, shard_size: int = 5) -> None:
+    """``--retry-failed`` of a committed output, in this process: only shard 0 (the first
+    prompt's black frame) is picked, and the healed model redraws it."""
     from pipeline.output.retry import retry_shards
 
-    model = FlakyScenes()
-    _, before, _ = run_job_in_process(tmp_path, BEST_OF, shard_size=5, model=model)
-    assert before[0]["status"] == "error" and before[0]["phash"] is None
-    src = write_prompts(tmp_path / "p.parquet", PROMPTS)
-    spec = build_spec({"input": {"path": src}, "model": {"family": "null"},
-                       "output": {"path": str(tmp_path / "out")},
-                       "runtime": {"batch_size": 4, "shard_size": 5}, "quality": BEST_OF})
     plan = make_plan(spec)
-    folder = OutputFolder(spec.output.path)
-    shards = list(plan_shards(plan.inputs, 5))
+    folder = OutputFolder(spec.output.path, spec.storage_options)
+    shards = list(plan_shards(plan.inputs, shard_size))
     markers = {plan.keys.shard_name(s.id): folder.read_json(f"{plan.keys.shard_name(s.id)}"
                                                             "_stats.json") for s in shards}
     redo = retry_shards(folder, shards, markers, plan.keys.shard_name)
     assert [s.id for s in redo] == [0]
     model.healed = True
     ShardWorker(spec, model, plan.keys, folder, True).run(redo[0])
+
+
+def test_retry_failed_keeps_the_scores_and_kept_draws_of_carried_samples(tmp_path):
+    model = FlakyScenes()
+    _, before, _ = run_job_in_process(tmp_path, BEST_OF, shard_size=5, model=model)
+    assert before[0]["status"] == "error" and before[0]["phash"] is None
+    src = write_prompts(tmp_path / "p.parquet", PROMPTS)
+    retry_healed(build_spec({"input": {"path": src}, "model": {"family": "null"},
+                             "output": {"path": str(tmp_path / "out")},
+                             "runtime": {"batch_size": 4, "shard_size": 5},
+                             "quality": BEST_OF}), model)
     after = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
     assert after[0]["status"] == "success" and len(after[0]["phash"]) == 16
     pick = ("seed", "attempt", "accepted", "sha256", "phash", "scene_match", "scene_failed")
