@@ -166,6 +166,27 @@ EYE_X, EYE_Y, EYE_R = 0.2, -0.06, 0.11  # eye centres (x in widths, y in heights
 MOUTH_Y = 0.25  # mouth centre, face heights below the face centre
 
 
+# generous boxes (face units, as _Layout.box) around every expression's mouth and the face
+# outline, anti-aliased edges included: where a training loss can look harder
+PART_BOXES = {"mouth": (-0.27, MOUTH_Y - 0.17, 0.27, MOUTH_Y + 0.21),
+              "face": (-0.56, -0.56, 0.56, 0.56)}
+
+
+def part_boxes(attrs: dict, jitter: tuple[float, float, float, float] = NO_JITTER) -> dict:
+    """Where :func:`render` puts each of PART_BOXES, as (x0, y0, x1, y1) fractions of the
+    image side: the bounds of the box's corners after the tilt (any image size)."""
+    lay = _Layout(attrs, 1, jitter)
+    theta = np.radians(lay.tilt)  # PIL rotates counter-clockwise on screen (y points down)
+    cos, sin = np.cos(theta), np.sin(theta)
+    boxes = {}
+    for name, (x0, y0, x1, y1) in PART_BOXES.items():
+        corners = np.array([(x, y) for x in (x0, x1) for y in (y0, y1)]) * (lay.w, lay.h)
+        xs = lay.cx + corners[:, 0] * cos + corners[:, 1] * sin
+        ys = lay.cy - corners[:, 0] * sin + corners[:, 1] * cos
+        boxes[name] = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+    return boxes
+
+
 def _eyes_and_glasses(draw: ImageDraw.ImageDraw, lay: _Layout, attrs: dict) -> None:
     y, r = lay.cy + EYE_Y * lay.h, EYE_R * lay.w
     for side in (-1, 1):

@@ -47,13 +47,15 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, seed: int = 0,
                   storage_options: dict | None = None, mix: dict | None = None,
-                  latent_dim: int | None = None) -> None:
+                  latent_dim: int | None = None, boxes: bool = False) -> None:
     """Write ``n`` captioned characters of one split to a Parquet file at any fsspec ``url``.
 
     Columns: ``image`` (PNG bytes), ``caption``, ``lang`` (en/zh), ``kind``
     (full/partial/free) and one column per attribute (null where the caption is silent);
     with ``latent_dim``, also ``z``: the noise that reproduces the image
-    (:mod:`models.cartoon_latent`).
+    (:mod:`models.cartoon_latent`); with ``boxes``, also ``boxes``: where the mouth and
+    the face outline lie, 4 fractions of the image side each (x0, y0, x1, y1, in
+    :data:`models.cartoon.PART_BOXES` order), for a loss that weights those regions.
     """
     import fsspec
     import pyarrow as pa
@@ -61,7 +63,7 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, s
 
     rng = np.random.default_rng(seed)
     combos = cartoon.split(split_name)
-    rows, images, latents = [], [], []
+    rows, images, latents, regions = [], [], [], []
     for _ in range(n):
         attrs = cartoon.random_attrs(rng, combos)
         rows.append(labelled_row(attrs, rng, mix))
@@ -69,10 +71,14 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, s
         images.append(png_bytes(cartoon.render(attrs, size, jitter=jitter)))
         if latent_dim:
             latents.append(latent(rows[-1], attrs, jitter, latent_dim, rng))
+        if boxes:
+            regions.append([v for box in cartoon.part_boxes(attrs, jitter).values() for v in box])
     columns = {"image": pa.array(images, pa.binary())}
     columns.update({k: pa.array([r[k] for r in rows], pa.string()) for k in rows[0]})
     if latent_dim:
         columns["z"] = pa.array([z.tolist() for z in latents], pa.list_(pa.float32()))
+    if boxes:
+        columns["boxes"] = pa.array(regions, pa.list_(pa.float32()))
     with fsspec.open(url, "wb", **(storage_options or {})) as f:
         pq.write_table(pa.table(columns), f)
 
@@ -87,9 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-dim", type=int, default=None,
                         help="also write z, the noise that reproduces each image (the GAN's z_dim)")
+    parser.add_argument("--boxes", action="store_true",
+                        help="also write the mouth and face boxes (the trainer's region_weights)")
     args = parser.parse_args(argv)
     write_dataset(args.url, args.n, args.split, args.size, args.seed,
-                  latent_dim=args.latent_dim)
+                  latent_dim=args.latent_dim, boxes=args.boxes)
 
 
 if __name__ == "__main__":

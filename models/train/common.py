@@ -37,7 +37,7 @@ def load_training_data(cfg: dict, config, encoder_path: str | None, device):
     data_cfg = cfg["data"]
     data = load_captioned_images(data_cfg["path"], config.image_size, data_cfg["image_column"],
                                  data_cfg["caption_column"], data_cfg.get("storage_options"),
-                                 data_cfg.get("latent_column"))
+                                 data_cfg.get("latent_column"), data_cfg.get("box_column"))
     encoder = TextEncoder(encoder_path, device=str(device))
     config.text_dim = encoder.dim
     return data, encode_captions(encoder, data.captions)  # the bank is all training needs

@@ -24,6 +24,9 @@ class TrainData(Section):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     latent_column: str | None = Field(None, description="per-image noise z (a list of z_dim "
                                       "floats) that reproduces the image, for recon_weight")
+    box_column: str | None = Field(None, description="per-image regions (4 floats each: x0, "
+                                   "y0, x1, y1 as fractions of the image side), for "
+                                   "region_weights")
     label_columns: list[str] = Field(default_factory=list, description="categorical columns "
                                      "(null = the caption leaves it open) for the "
                                      "aux_attribute_weight heads")
@@ -55,6 +58,10 @@ class TrainConfig(Section):
     recon_weight: float = Field(0.0, ge=0, description="weight of G's L1 loss between "
                                 "G(z, caption) and the real image, z from data.latent_column "
                                 "(gan only; 0 = off)")
+    region_weights: list[float] = Field(default_factory=list, description="one factor >= 1 "
+                                        "per region of data.box_column: the recon L1 inside "
+                                        "it counts that many times (overlaps: the largest; "
+                                        "empty = plain mean)")
     image_size: int = Field(64, gt=0)
     out_dir: str = "runs/gan"
     export_dir: str | None = Field(None, description="default: OUT_DIR/export")
@@ -86,6 +93,13 @@ class TrainConfig(Section):
         if bool(self.recon_weight) != bool(self.data.latent_column):
             raise ValueError("recon_weight > 0 and data.latent_column go together: the L1 "
                              "loss needs the noise that reproduces each image")
+        if bool(self.region_weights) != bool(self.data.box_column):
+            raise ValueError("region_weights and data.box_column go together: one factor "
+                             "per region the data gives each image")
+        if self.region_weights and not self.recon_weight:
+            raise ValueError("region_weights weight the recon L1: set recon_weight > 0")
+        if any(f < 1 for f in self.region_weights):
+            raise ValueError(f"region_weights must each be >= 1, got {self.region_weights}")
         return self
 
     @field_validator("family")

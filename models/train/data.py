@@ -17,6 +17,7 @@ class CaptionedImages:
     caption_ids: torch.Tensor  # (N,) index into ``captions``
     captions: list[str]  # unique captions, in first-seen order
     latents: torch.Tensor | None = None  # (N, z_dim): the noise that reproduces each image
+    boxes: torch.Tensor | None = None  # (N, 4K): K regions per image, x0 y0 x1 y1 in [0, 1]
 
     def __len__(self) -> int:
         return len(self.caption_ids)
@@ -72,9 +73,11 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 def load_captioned_images(url: str, image_size: int, image_column: str = "image",
                           caption_column: str = "caption",
                           storage_options: dict | None = None,
-                          latent_column: str | None = None) -> CaptionedImages:
+                          latent_column: str | None = None,
+                          box_column: str | None = None) -> CaptionedImages:
     """Read and decode a whole image-caption dataset (fine for tens of thousands of rows)."""
-    columns = [image_column, caption_column] + ([latent_column] if latent_column else [])
+    extra = [c for c in (latent_column, box_column) if c]
+    columns = [image_column, caption_column] + extra
     table = read_table(url, columns, storage_options)
     captions = table.column(caption_column).to_pylist()
     unique = list(dict.fromkeys(captions))
@@ -82,7 +85,8 @@ def load_captioned_images(url: str, image_size: int, image_column: str = "image"
     pixels = np.stack([decode_image(b, image_size)
                        for b in table.column(image_column).to_pylist()])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    latents = None
-    if latent_column:
-        latents = torch.tensor(table.column(latent_column).to_pylist(), dtype=torch.float32)
-    return CaptionedImages(images, torch.tensor([index[c] for c in captions]), unique, latents)
+    latents, boxes = (None if not column else
+                      torch.tensor(table.column(column).to_pylist(), dtype=torch.float32)
+                      for column in (latent_column, box_column))
+    return CaptionedImages(images, torch.tensor([index[c] for c in captions]), unique, latents,
+                           boxes)

@@ -8,7 +8,9 @@ MSGAN mode-seeking term (Mao et al. 2019) ``λ / (mean|G(z1, t) - G(z2, t)| / me
 over two noises for the same captions, so that G cannot ignore its noise. With
 ``recon_weight`` > 0 the data carries, per image, the noise z that reproduces it (what the
 caption leaves free: position, open attributes; ``models/cartoon_latent.py``), G draws from
-that z and adds ``recon_weight * mean|G(z, t) - x|`` (an L1 term as in pix2pix). With
+that z and adds ``recon_weight * mean|G(z, t) - x|`` (an L1 term as in pix2pix); with
+``region_weights`` the data also gives boxes per image (a mouth, a face) inside which
+that L1 counts more (``regions.py``). With
 ``aux_attribute_weight`` > 0 (and labelled data), D also classifies each attribute of real
 images and G is trained so those heads read its fakes as the caption says
 (``aux_attributes.py``, AC-GAN).
@@ -25,6 +27,7 @@ import torch
 from models.gan import Discriminator, GanConfig, Generator
 from models.train.aux_attributes import AuxAttributes
 from models.train.data import CaptionedImages
+from models.train.regions import region_weight_map, weighted_l1
 from models.train.text_bank import TextBank
 
 
@@ -49,6 +52,7 @@ class TrainSettings:
     mode_seeking_weight: float = 0.0  # λ of the MSGAN term; 0 = plain hinge G loss
     aux_attribute_weight: float = 0.0  # weight of the AC-GAN attribute terms; 0 = off
     recon_weight: float = 0.0  # weight of the L1 term against the real image (data latents)
+    region_weights: tuple[float, ...] = ()  # L1 factor inside each data box; () = plain mean
 
 
 class GanTrainer:
@@ -110,7 +114,18 @@ class GanTrainer:
         tok, mask = self.bank.take(ids)
         wtok, wmask = self.bank.take(wrong)
         return ids, [t.to(self.device)
-                     for t in (self.data.images[idx], z, tok, mask, wtok, wmask)]
+                     for t in (self.data.images[idx], z, tok, mask, wtok, wmask)], \
+            self._pixel_weights(idx)
+
+    def _pixel_weights(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, S, S) weights of the recon L1 from the data's boxes, or None (plain mean)."""
+        if not self.settings.region_weights:
+            return None
+        if self.data.boxes is None:
+            raise ValueError("region_weights needs boxes in the data (data.box_column)")
+        factors = torch.tensor(self.settings.region_weights)
+        return region_weight_map(self.data.boxes[idx], factors,
+                                 self.config.image_size).to(self.device)
 
     def _wrong_captions(self, ids: torch.Tensor) -> torch.Tensor:
         # a different caption for every image: shift by 1..U-1 modulo U ...
@@ -133,7 +148,7 @@ class GanTrainer:
 
     def step(self) -> dict[str, float]:
         """One discriminator and one generator update; returns the losses."""
-        ids, (real, z, tok, mask, wtok, wmask) = self._batch()
+        ids, (real, z, tok, mask, wtok, wmask), pixel_weights = self._batch()
         w, extra = self.settings.mismatch_weight, {}
         with self._autocast():
             with torch.no_grad():
@@ -149,7 +164,7 @@ class GanTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
-        g_loss, g_extra = self._generator_loss(z, tok, mask, ids, real)
+        g_loss, g_extra = self._generator_loss(z, tok, mask, ids, real, pixel_weights)
         extra.update(g_extra)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -160,8 +175,9 @@ class GanTrainer:
                     d_fake=d_fake.item(), d_wrong=d_wrong.item(), **extra)
 
     def _generator_loss(self, z: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor,
-                        ids: torch.Tensor,
-                        real: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                        ids: torch.Tensor, real: torch.Tensor,
+                        pixel_weights: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge G loss; with λ > 0 half the batch is redrawn with a second noise z2.
 
         The first half of the captions is drawn twice (z1 and z2) and the mode-seeking
@@ -174,6 +190,7 @@ class GanTrainer:
             z, tok, mask = torch.cat([z[:half], z2]), tok[:half].repeat(2, 1, 1), \
                 mask[:half].repeat(2, 1)
             ids, real = ids[:half].repeat(2), real[:half]
+            pixel_weights = None if pixel_weights is None else pixel_weights[:half]
         with self._autocast():
             fake = self.generator(z, tok, mask)
             logits, features = self.discriminator.forward_with_features(fake, tok, mask)
@@ -183,7 +200,7 @@ class GanTrainer:
             aux_loss, extra = self.aux.fake_loss(features, ids)
             loss = loss + aux_loss
         if self.settings.recon_weight:  # (the first len(real) fakes drew the data's z)
-            recon = (fake[:len(real)].float() - real).abs().mean()
+            recon = weighted_l1(fake[:len(real)].float(), real, pixel_weights)
             loss = loss + self.settings.recon_weight * recon
             extra = {**extra, "recon_l1": recon.item()}
         if not weight:  # exactly the loss (and random draws) of runs before the options

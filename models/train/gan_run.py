@@ -34,6 +34,7 @@ def _settings(cfg: dict) -> TrainSettings:
         mode_seeking_weight=float(cfg["mode_seeking_weight"]), bf16=bool(cfg["bf16"]),
         aux_attribute_weight=float(cfg["aux_attribute_weight"]),
         recon_weight=float(cfg["recon_weight"]),
+        region_weights=tuple(float(f) for f in cfg["region_weights"]),
     )
 
 
