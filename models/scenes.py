@@ -203,12 +203,14 @@ def _denoise(mask: np.ndarray) -> np.ndarray:
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
                   seed: int = 0, storage_options: dict | None = None,
-                  jitter: str = "small", latent_dim: int | None = None) -> None:
+                  jitter: str = "small", latent_dim: int | None = None,
+                  where: dict | None = None) -> None:
     """Write ``n`` jittered scenes of one split to a Parquet file at any fsspec ``url``.
 
     Columns: ``image`` (PNG bytes), ``caption`` and one column per attribute; with
     ``latent_dim`` (wide jitter only), also ``z``: the noise that reproduces the image
-    (:mod:`models.scenes_latent`).
+    (:mod:`models.scenes_latent`). ``where`` keeps only the combinations with those
+    attribute values (e.g. ``{"colour": "red"}``: extra rows for a pair a model misses).
     """
     import io
 
@@ -219,7 +221,9 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
     if latent_dim and jitter != "wide":
         raise ValueError("latent_dim needs jitter='wide': z encodes the wide jitter's values")
     rng = np.random.default_rng(seed)
-    combos = split(split_name)
+    combos = [c for c in split(split_name) if all(c[k] == v for k, v in (where or {}).items())]
+    if not combos:
+        raise ValueError(f"no {split_name} combination has {where}")
     rows = [combos[i] for i in rng.integers(0, len(combos), n)]
     pngs, latents = [], []
     for attrs in rows:
@@ -252,9 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent-dim", type=int, default=None,
                         help="also write z, the noise that reproduces each image (the GAN's "
                              "z_dim; needs --jitter wide)")
+    parser.add_argument("--where", action="append", default=[], metavar="ATTRIBUTE=VALUE",
+                        help="only combinations with this value (repeatable)")
     args = parser.parse_args(argv)
+    where = dict(w.split("=", 1) for w in args.where)
     write_dataset(args.url, args.n, args.split, args.size, args.seed, jitter=args.jitter,
-                  latent_dim=args.latent_dim)
+                  latent_dim=args.latent_dim, where=where)
 
 
 if __name__ == "__main__":

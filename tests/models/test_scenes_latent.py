@@ -57,3 +57,15 @@ def test_write_dataset_stores_the_z_that_redraws_each_image(tmp_path):
     assert data.latents.shape == (24, 16)
     with pytest.raises(ValueError, match="wide"):
         scenes.write_dataset(str(tmp_path / "x.parquet"), 4, latent_dim=16)
+
+
+def test_write_dataset_where_keeps_only_matching_combinations(tmp_path):
+    path = str(tmp_path / "red-on-blue.parquet")
+    scenes.main([path, "--n", "8", "--size", "16", "--jitter", "wide", "--latent-dim", "8",
+                 "--where", "colour=red", "--where", "background=blue"])
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 8 and {(r["colour"], r["background"]) for r in rows} == {("red", "blue")}
+    assert all(r["caption"].endswith("red " + r["shape"] + " " + r["position"]
+                                     + " on a blue background") for r in rows)
+    with pytest.raises(ValueError, match="no train combination"):
+        scenes.write_dataset(path, 4, where={"colour": "red", "background": "red"})
