@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from models.scenes_latent import FREE, latent
+
 PALETTE = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
     "yellow": (240, 220, 40), "purple": (140, 60, 200), "orange": (250, 140, 30),
@@ -67,11 +69,13 @@ def split(name: str, fraction: float = 0.1) -> list[dict]:
 
 
 def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None,
-           jitter: str = "small") -> np.ndarray:
+           jitter: str = "small", free: tuple[float, float, float] | None = None) -> np.ndarray:
     """Draw one scene as uint8 (size, size, 3); ``rng`` adds shift/scale jitter.
 
     ``jitter="small"`` (the default, which the shipped data and demo use) shifts by up
     to 4% and shrinks by up to 15%; ``"wide"`` uses the whole of the ranges above.
+    ``free`` gives the wide jitter's values themselves (see :func:`draw_free`) instead
+    of drawing them from ``rng``.
     """
     if jitter not in JITTERS:
         raise ValueError(f"jitter must be one of {JITTERS}, got {jitter!r}")
@@ -80,8 +84,10 @@ def render(attrs: dict, size: int = 64, rng: np.random.Generator | None = None,
     image = Image.new("RGB", (big, big), PALETTE[attrs["background"]])
     half = SIDE[attrs["size"]] * big / 2
     cx, cy = (f * big for f in POSITIONS[attrs["position"]])
-    if rng is not None and jitter == "wide":
-        half, cx, cy = _wide_jitter(attrs, big, rng)
+    if free is None and rng is not None and jitter == "wide":
+        free = draw_free(rng)
+    if free is not None:
+        half, cx, cy = _wide_geometry(attrs, big, free)
     elif rng is not None:
         half *= rng.uniform(0.85, 1.0)
         cx, cy = (_jitter(v, half, big, rng) for v in (cx, cy))
@@ -102,12 +108,20 @@ def _jitter(centre: float, half: float, big: int, rng: np.random.Generator) -> f
     return float(np.clip(moved, half, big - half))
 
 
-def _wide_jitter(attrs: dict, big: int, rng: np.random.Generator) -> tuple[float, ...]:
-    # half side, then the centre: uniform around the anchor, clipped inside the frame
-    half = rng.uniform(*WIDE_SIDE[attrs["size"]]) * big / 2
+def draw_free(rng: np.random.Generator) -> tuple[float, float, float]:
+    """What a caption leaves free under the wide jitter, each uniform in [0, 1): the side
+    within its size class, and the centre's x and y within WIDE_SHIFT of the anchor."""
+    return tuple(float(u) for u in rng.random(len(FREE)))
+
+
+def _wide_geometry(attrs: dict, big: int, free: tuple[float, ...]) -> tuple[float, ...]:
+    # half side, then the centre: around the anchor, clipped inside the frame
+    # (u * (high - low) + low is how rng.uniform(low, high) draws: the data stay as before)
+    low, high = WIDE_SIDE[attrs["size"]]
+    half = (low + free[0] * (high - low)) * big / 2
     anchor = POSITIONS[attrs["position"]]
-    cx, cy = (float(np.clip((f + rng.uniform(-WIDE_SHIFT, WIDE_SHIFT)) * big, half, big - half))
-              for f in anchor)
+    cx, cy = (float(np.clip((f + (-WIDE_SHIFT + u * 2 * WIDE_SHIFT)) * big, half, big - half))
+              for f, u in zip(anchor, free[1:], strict=True))
     return half, cx, cy
 
 
@@ -189,10 +203,14 @@ def _denoise(mask: np.ndarray) -> np.ndarray:
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
                   seed: int = 0, storage_options: dict | None = None,
-                  jitter: str = "small") -> None:
+                  jitter: str = "small", latent_dim: int | None = None,
+                  where: dict | None = None) -> None:
     """Write ``n`` jittered scenes of one split to a Parquet file at any fsspec ``url``.
 
-    Columns: ``image`` (PNG bytes), ``caption`` and one column per attribute.
+    Columns: ``image`` (PNG bytes), ``caption`` and one column per attribute; with
+    ``latent_dim`` (wide jitter only), also ``z``: the noise that reproduces the image
+    (:mod:`models.scenes_latent`). ``where`` keeps only the combinations with those
+    attribute values (e.g. ``{"colour": "red"}``: extra rows for a pair a model misses).
     """
     import io
 
@@ -200,16 +218,25 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if latent_dim and jitter != "wide":
+        raise ValueError("latent_dim needs jitter='wide': z encodes the wide jitter's values")
     rng = np.random.default_rng(seed)
-    combos = split(split_name)
+    combos = [c for c in split(split_name) if all(c[k] == v for k, v in (where or {}).items())]
+    if not combos:
+        raise ValueError(f"no {split_name} combination has {where}")
     rows = [combos[i] for i in rng.integers(0, len(combos), n)]
-    pngs = []
+    pngs, latents = [], []
     for attrs in rows:
+        free = draw_free(rng) if latent_dim else None
         buf = io.BytesIO()
-        Image.fromarray(render(attrs, size, rng, jitter)).save(buf, format="PNG")
+        Image.fromarray(render(attrs, size, rng, jitter, free)).save(buf, format="PNG")
         pngs.append(buf.getvalue())
+        if latent_dim:
+            latents.append(latent(free, latent_dim, rng).tolist())
     columns = {"image": pa.array(pngs, pa.binary()), "caption": [caption(a) for a in rows]}
     columns.update({k: [a[k] for a in rows] for k in ATTRIBUTES})
+    if latent_dim:
+        columns["z"] = pa.array(latents, pa.list_(pa.float32()))
     with fsspec.open(url, "wb", **(storage_options or {})) as f:
         pq.write_table(pa.table(columns), f)
 
@@ -226,8 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jitter", default="small", choices=JITTERS,
                         help="small: the default shift/scale jitter; wide: see WIDE_SIDE")
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="also write z, the noise that reproduces each image (the GAN's "
+                             "z_dim; needs --jitter wide)")
+    parser.add_argument("--where", action="append", default=[], metavar="ATTRIBUTE=VALUE",
+                        help="only combinations with this value (repeatable)")
     args = parser.parse_args(argv)
-    write_dataset(args.url, args.n, args.split, args.size, args.seed, jitter=args.jitter)
+    where = dict(w.split("=", 1) for w in args.where)
+    write_dataset(args.url, args.n, args.split, args.size, args.seed, jitter=args.jitter,
+                  latent_dim=args.latent_dim, where=where)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ caption is a fake), so D must check the caption, not just realism. G minimises
 MSGAN mode-seeking term (Mao et al. 2019) ``λ / (mean|G(z1, t) - G(z2, t)| / mean|z1 - z2| + ε)``
 over two noises for the same captions, so that G cannot ignore its noise. With
 ``recon_weight`` > 0 the data carries, per image, the noise z that reproduces it (what the
-caption leaves free: position, open attributes; ``models/cartoon_latent.py``), G draws from
-that z and adds ``recon_weight * mean|G(z, t) - x|`` (an L1 term as in pix2pix); with
-``region_weights`` the data also gives boxes per image (a mouth, a face) inside which
-that L1 counts more (``regions.py``). With
+caption leaves free: position, open attributes; ``models/cartoon_latent.py``,
+``models/scenes_latent.py``), G draws from that z and adds ``recon_weight * mean|G(z, t) - x|``
+(an L1 term as in pix2pix); with ``region_weights`` the data also gives boxes per image (a
+mouth, a face) inside which that L1 counts more (``regions.py``). With
 ``aux_attribute_weight`` > 0 (and labelled data), D also classifies each attribute of real
 images and G is trained so those heads read its fakes as the caption says
 (``aux_attributes.py``, AC-GAN).
