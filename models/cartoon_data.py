@@ -95,8 +95,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write z, the noise that reproduces each image (the GAN's z_dim)")
     parser.add_argument("--boxes", action="store_true",
                         help="also write the mouth and face boxes (the trainer's region_weights)")
+    parser.add_argument("--mix", default=None,
+                        help="caption kinds by share, e.g. en=0.1,zh=0.1,partial=0.2,free=0.6 "
+                             f"(default {','.join(f'{k}={v}' for k, v in MIX.items())})")
     args = parser.parse_args(argv)
-    write_dataset(args.url, args.n, args.split, args.size, args.seed,
+    mix = None
+    if args.mix:
+        mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
+        if set(mix) - set(MIX):
+            parser.error(f"--mix: kinds are {', '.join(MIX)}; got {args.mix!r}")
+    write_dataset(args.url, args.n, args.split, args.size, args.seed, mix=mix,
                   latent_dim=args.latent_dim, boxes=args.boxes)
 
 
