@@ -69,8 +69,8 @@ def test_trust_remote_code_is_off_unless_the_spec_opts_in():
               if isinstance(_keyword(call, "trust_remote_code"), ast.Constant)
               and _keyword(call, "trust_remote_code").value is True]
     assert not forced, f"trust_remote_code=True hard-coded at {forced}"
-    executor = open(os.path.join(ROOT, "pipeline", "executor", "__init__.py")).read()
-    assert "m.trust_remote_code" in executor  # actors pass the spec's own value through
+    actor = open(os.path.join(ROOT, "pipeline", "executor", "actor.py")).read()
+    assert "m.trust_remote_code" in actor  # actors pass the spec's own value through
 
 
 class _Records(logging.Handler):
