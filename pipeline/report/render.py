@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import time
 
 from PIL import Image, ImageDraw, ImageFont
@@ -16,6 +17,18 @@ from pipeline.report.quality_render import quality_sections
 __all__ = ["THUMB", "contact_sheet", "png_bytes", "render_html", "thumbnail"]
 SHEET_COLUMNS = 6
 CAPTION_LINES = 3
+# Fonts that cover Chinese, Japanese and Korean as well as Latin (Pillow's own font has no
+# CJK glyphs: the founding prompt 卡通风格的人物 would caption as empty boxes); the first
+# one installed is used. Debian: fonts-noto-cjk or fonts-wqy-zenhei.
+CJK_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/System/Library/Fonts/PingFang.ttc",
+    "C:/Windows/Fonts/msyh.ttc",
+)
 CHART_W, CHART_H = 960, 200
 
 _CSS = """
@@ -192,7 +205,7 @@ def _failure_table(data: RunData) -> str:
 
 def contact_sheet(data: RunData) -> bytes:
     """A PNG grid of the sample thumbnails, each captioned with the start of its prompt."""
-    font = ImageFont.load_default(size=11)
+    font = caption_font(11)
     cell_w, line_h = THUMB + 16, 13
     cell_h = THUMB + 8 + CAPTION_LINES * line_h + 8
     rows = max(1, -(-len(data.samples) // SHEET_COLUMNS))
@@ -210,6 +223,17 @@ def contact_sheet(data: RunData) -> bytes:
         for j, line in enumerate(lines):
             draw.text((x, y + THUMB + 4 + j * line_h), line, fill="#333", font=font)
     return png_bytes(sheet)
+
+
+def caption_font(size: int, candidates: tuple[str, ...] = CJK_FONTS):
+    """The first installed font of ``candidates`` (any script), else Pillow's own (Latin)."""
+    for path in candidates:
+        if os.path.exists(path):
+            try:
+                return ImageFont.truetype(path, size)
+            except OSError:  # unreadable or not a font: try the next
+                continue
+    return ImageFont.load_default(size=size)
 
 
 def wrap(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> list[str]:

@@ -133,3 +133,31 @@ def _found_all(screen: np.ndarray, thumb: np.ndarray) -> list[tuple[int, int]]:
     ys, xs = np.nonzero((screen[:-h, :-w] == thumb[0, 0]).all(axis=2))
     return [(int(y), int(x)) for y, x in zip(ys, xs)
             if np.abs(screen[y:y + h, x:x + w] - thumb).max() <= 2]
+
+
+def test_captions_use_an_installed_cjk_font_else_pillows_own(tmp_path, monkeypatch):
+    """The founding prompt 卡通风格的人物 captions in a font that has its glyphs, when the
+    machine has one; a missing or broken candidate is passed over."""
+    from PIL import ImageFont
+
+    from pipeline.report import render
+
+    broken = tmp_path / "broken.ttc"
+    broken.write_bytes(b"not a font")
+    opened = []
+
+    def truetype(path, size):
+        opened.append((path, size))
+        if path == str(broken):
+            raise OSError("unknown file format")
+        return ("font", path, size)
+    monkeypatch.setattr(ImageFont, "truetype", truetype)
+    found = tmp_path / "cjk.ttc"
+    found.write_bytes(b"a font")
+    chosen = render.caption_font(11, (str(tmp_path / "missing.ttc"), str(broken), str(found)))
+    assert chosen == ("font", str(found), 11) and [p for p, _ in opened] == [str(broken),
+                                                                              str(found)]
+    monkeypatch.undo()
+    opened.clear()
+    default = render.caption_font(11, (str(tmp_path / "missing.ttc"),))
+    assert not opened and default.getbbox("a")[2] > 0  # Pillow's own font
