@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from pipeline.executor.actor import GenerationActor, _ProgressSink
+from pipeline.executor.actor import GenerationActor, ProgressSink
 from pipeline.executor.capacity import CapacityWatch, ExecutorError, plan_actors
 from pipeline.executor.metrics import MeteredProgress
 from pipeline.input.shards import KeyFormat, Shard
@@ -81,7 +81,7 @@ class RayExecutor:
         self.progress = MeteredProgress(progress, spec.name)  # and Prometheus metrics
         self.rt = spec.runtime
         self.count, self.resources = plan_actors(spec)
-        self.sink = _ProgressSink.options(num_cpus=0).remote()
+        self.sink = ProgressSink.options(num_cpus=0).remote()
         # Not a threaded actor (max_concurrency > 1): there Ray's main thread spins on the
         # GIL checking signals while a task runs, taking a core (measured: tiny SD at half
         # speed on 2 cores). Queued shards wait in Ray and start the moment one returns.

@@ -2,7 +2,7 @@
 
 ``GenerationActor`` holds one loaded model and a ``ShardWorker``; ``generate(shard)``
 draws a shard and starts its commit in the background, ``commit(shard_id)`` returns the
-marker. ``_ProgressSink`` (one per job, no CPU) takes per-batch counts and heartbeats
+marker. ``ProgressSink`` (one per job, no CPU) takes per-batch counts and heartbeats
 from every actor, and hands each actor its place on its node (which splits the node's
 CPUs between the actors there).
 """
@@ -24,7 +24,7 @@ log = logging.getLogger("synthset")
 
 
 @ray.remote
-class _ProgressSink:
+class ProgressSink:
     """Per-batch counts and heartbeats from actors: the bar moves within shards, stalls show."""
 
     def __init__(self) -> None:

@@ -45,9 +45,10 @@ SCHEMA = pa.schema([("key", pa.string()), ("group", pa.int64()),
 def _row_groups(folder: OutputFolder, names: list[str], columns: list[str],
                 readers: int = READERS) -> Iterator[pa.Table]:
     """The successful rows of each shard, ``columns`` only, a row group at a time, in
-    shard order. ``readers`` shards are fetched at once: on object storage each read is a
-    few round trips, which one after another cost ~15 minutes at 10,000 shards; at most
-    ``2 × readers`` shards' columns (hashes and keys, ~100 KB each) are held ahead."""
+    shard order. ``readers`` shards are fetched at once: on object storage each read is
+    several round trips, which one after another cost ~40 minutes at 10,000 shards and
+    30 ms a request (measured: docs/quality.md); at most ``2 × readers`` shards' columns
+    (hashes and keys, ~100-200 KB each) are held ahead."""
     shards = iter(names)
     with ThreadPoolExecutor(readers, thread_name_prefix="dedup-read") as pool:
         ahead = deque(pool.submit(_shard_rows, folder, n, columns)
