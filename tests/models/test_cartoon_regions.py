@@ -1,7 +1,6 @@
 """Region-weighted recon L1: the mouth and face boxes of a render, the data column that
 carries them, and the trainer's per-pixel weights (``region_weights``)."""
 
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,9 +9,9 @@ import torch
 
 from models import cartoon
 from models.cartoon_latent import LATENT_DIMS, read_latent
-from models.encoders import save_tiny_encoder
-from models.train import TrainConfigError, load_train_config, run_training
+from models.train import TrainConfigError, load_train_config
 from models.train.regions import region_weight_map, weighted_l1
+from tests.models.test_cartoon_latent import tiny_recon_run
 
 
 def _changed_pixels(attrs: dict, jitter: tuple, attribute: str) -> tuple[np.ndarray, ...]:
@@ -84,24 +83,12 @@ def test_data_builder_writes_each_characters_boxes_and_nothing_else_changes(box_
         assert np.allclose(row["boxes"], expected, atol=1e-3), row["caption"]
 
 
-def _tiny_run(data: str, tmp_path, name: str, *extra: str) -> list[dict]:
-    encoder = str(tmp_path / "encoder")
-    save_tiny_encoder(encoder)
-    tiny = f"{{z_dim: {LATENT_DIMS}, ngf: 8, ndf: 4, cond_dim: 16, n_queries: 2, " \
-           f"encoder: {encoder}}}"
-    run_training(load_train_config(None, [
-        f"data.path={data}", "data.latent_column=z", "recon_weight=20", "image_size=16",
-        "batch_size=8", "steps=6", "threads=1", f"model={tiny}", f"out_dir={tmp_path / name}",
-        "sample_every=0", "log_every=1", "checkpoint_every=0", *extra]))
-    return [json.loads(line) for line in (tmp_path / name / "losses.jsonl").open()]
-
-
 def test_region_weights_raise_the_recon_term_and_factors_of_one_change_nothing(box_data,
                                                                               tmp_path):
     data = str(box_data / "train.parquet")
-    plain = _tiny_run(data, tmp_path, "plain")
-    ones = _tiny_run(data, tmp_path, "ones", "data.box_column=boxes", "region_weights=[1, 1]")
-    heavy = _tiny_run(data, tmp_path, "heavy", "data.box_column=boxes",
+    plain = tiny_recon_run(data, tmp_path, "plain")
+    ones = tiny_recon_run(data, tmp_path, "ones", "data.box_column=boxes", "region_weights=[1, 1]")
+    heavy = tiny_recon_run(data, tmp_path, "heavy", "data.box_column=boxes",
                       "region_weights=[20, 4]")
     assert [r["recon_l1"] for r in ones] == [r["recon_l1"] for r in plain]
     # same first batch and weights: only the mouth and face pixels count more
