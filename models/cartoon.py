@@ -166,20 +166,25 @@ EYE_X, EYE_Y, EYE_R = 0.2, -0.06, 0.11  # eye centres (x in widths, y in heights
 MOUTH_Y = 0.25  # mouth centre, face heights below the face centre
 
 
-# generous boxes (face units, as _Layout.box) around every expression's mouth and the face
-# outline, anti-aliased edges included: where a training loss can look harder
+# generous boxes (face units, as _Layout.box) around every expression's mouth, the face
+# outline and the hair's cap above the face (spikes included), anti-aliased edges
+# included: where a training loss can look harder
 PART_BOXES = {"mouth": (-0.27, MOUTH_Y - 0.17, 0.27, MOUTH_Y + 0.21),
-              "face": (-0.56, -0.56, 0.56, 0.56)}
+              "face": (-0.56, -0.56, 0.56, 0.56),
+              "hair": (-0.74, -0.94, 0.74, -0.42)}
+DEFAULT_PARTS = ("mouth", "face")  # what ``cartoon_data --boxes`` writes unless told
 
 
-def part_boxes(attrs: dict, jitter: tuple[float, float, float, float] = NO_JITTER) -> dict:
-    """Where :func:`render` puts each of PART_BOXES, as (x0, y0, x1, y1) fractions of the
-    image side: the bounds of the box's corners after the tilt (any image size)."""
+def part_boxes(attrs: dict, jitter: tuple[float, float, float, float] = NO_JITTER,
+               parts: tuple[str, ...] = tuple(PART_BOXES)) -> dict:
+    """Where :func:`render` puts each of ``parts`` (names in PART_BOXES), as (x0, y0, x1, y1)
+    fractions of the image side: the bounds of the box's corners after the tilt (any size)."""
     lay = _Layout(attrs, 1, jitter)
     theta = np.radians(lay.tilt)  # PIL rotates counter-clockwise on screen (y points down)
     cos, sin = np.cos(theta), np.sin(theta)
     boxes = {}
-    for name, (x0, y0, x1, y1) in PART_BOXES.items():
+    for name in parts:
+        x0, y0, x1, y1 = PART_BOXES[name]
         corners = np.array([(x, y) for x in (x0, x1) for y in (y0, y1)]) * (lay.w, lay.h)
         xs = lay.cx + corners[:, 0] * cos + corners[:, 1] * sin
         ys = lay.cy - corners[:, 0] * sin + corners[:, 1] * cos

@@ -19,7 +19,7 @@ from PIL import Image
 
 from models import cartoon
 from models.cartoon import ATTRIBUTES
-from models.cartoon_latent import latent
+from models.cartoon_latent import LAYOUTS, latent
 from models.cartoon_text import caption, free_form, partial
 
 MIX = {"en": 0.38, "zh": 0.38, "partial": 0.14, "free": 0.10}  # caption kinds, by share
@@ -47,15 +47,17 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, seed: int = 0,
                   storage_options: dict | None = None, mix: dict | None = None,
-                  latent_dim: int | None = None, boxes: bool = False) -> None:
+                  latent_dim: int | None = None, boxes: tuple[str, ...] = (),
+                  latent_layout: str = "slice") -> None:
     """Write ``n`` captioned characters of one split to a Parquet file at any fsspec ``url``.
 
     Columns: ``image`` (PNG bytes), ``caption``, ``lang`` (en/zh), ``kind``
     (full/partial/free) and one column per attribute (null where the caption is silent);
     with ``latent_dim``, also ``z``: the noise that reproduces the image
-    (:mod:`models.cartoon_latent`); with ``boxes``, also ``boxes``: where the mouth and
-    the face outline lie, 4 fractions of the image side each (x0, y0, x1, y1, in
-    :data:`models.cartoon.PART_BOXES` order), for a loss that weights those regions.
+    (:mod:`models.cartoon_latent`, in ``latent_layout``); with ``boxes`` (names of
+    :data:`models.cartoon.PART_BOXES`), also ``boxes``: where those parts lie, in that
+    order, 4 fractions of the image side each (x0, y0, x1, y1), for a loss that weights
+    those regions.
     """
     import fsspec
     import pyarrow as pa
@@ -70,9 +72,10 @@ def write_dataset(url: str, n: int, split_name: str = "train", size: int = 64, s
         jitter = cartoon.draw_jitter(rng)
         images.append(png_bytes(cartoon.render(attrs, size, jitter=jitter)))
         if latent_dim:
-            latents.append(latent(rows[-1], attrs, jitter, latent_dim, rng))
+            latents.append(latent(rows[-1], attrs, jitter, latent_dim, rng, latent_layout))
         if boxes:
-            regions.append([v for box in cartoon.part_boxes(attrs, jitter).values() for v in box])
+            regions.append([v for box in cartoon.part_boxes(attrs, jitter, boxes).values()
+                            for v in box])
     columns = {"image": pa.array(images, pa.binary())}
     columns.update({k: pa.array([r[k] for r in rows], pa.string()) for k in rows[0]})
     if latent_dim:
@@ -93,19 +96,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-dim", type=int, default=None,
                         help="also write z, the noise that reproduces each image (the GAN's z_dim)")
-    parser.add_argument("--boxes", action="store_true",
-                        help="also write the mouth and face boxes (the trainer's region_weights)")
+    parser.add_argument("--latent-layout", default="slice", choices=LAYOUTS,
+                        help="how z holds the open attributes (models/cartoon_latent.py)")
+    parser.add_argument("--boxes", nargs="?", const=",".join(cartoon.DEFAULT_PARTS), default="",
+                        help="also write the boxes of these parts, for the trainer's "
+                             f"region_weights: some of {','.join(cartoon.PART_BOXES)} "
+                             f"(no value: {','.join(cartoon.DEFAULT_PARTS)})")
     parser.add_argument("--mix", default=None,
                         help="caption kinds by share, e.g. en=0.1,zh=0.1,partial=0.2,free=0.6 "
                              f"(default {','.join(f'{k}={v}' for k, v in MIX.items())})")
     args = parser.parse_args(argv)
+    parts = tuple(p for p in args.boxes.split(",") if p)
+    if set(parts) - set(cartoon.PART_BOXES):
+        parser.error(f"--boxes: parts are {', '.join(cartoon.PART_BOXES)}; got {args.boxes!r}")
     mix = None
     if args.mix:
         mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
         if set(mix) - set(MIX):
             parser.error(f"--mix: kinds are {', '.join(MIX)}; got {args.mix!r}")
     write_dataset(args.url, args.n, args.split, args.size, args.seed, mix=mix,
-                  latent_dim=args.latent_dim, boxes=args.boxes)
+                  latent_dim=args.latent_dim, boxes=parts, latent_layout=args.latent_layout)
 
 
 if __name__ == "__main__":

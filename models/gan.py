@@ -46,6 +46,7 @@ class GanConfig:
     encoder: str | None = None  # encoder folder; None = the shipped MiniLM
     cross_attention: tuple[int, ...] = ()  # G resolutions whose pixels also attend to tokens
     token_code: int = 0  # >0: G's text code also reads the first N tokens by position (below)
+    z_affine: bool = False  # G's per-block affine fusions read z as well as the text (Affine)
     family: str = "gan"
 
     @classmethod
@@ -107,17 +108,30 @@ class TextPooler(nn.Module):
 
 
 class Affine(nn.Module):
-    """Text-conditioned per-channel scale and shift, initialised to identity (DF-GAN)."""
+    """Text-conditioned per-channel scale and shift, initialised to identity (DF-GAN).
 
-    def __init__(self, cond_dim: int, channels: int):
+    With ``z_dim`` the scale and shift also read the noise (as BigGAN feeds a share of z
+    to every block's conditional norm): colours come out of these shifts, so an attribute
+    that only z decides (one a caption leaves open) can be drawn the way the text draws
+    it. The z read starts at zero, so it can be added to trained weights.
+    """
+
+    def __init__(self, cond_dim: int, channels: int, z_dim: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.ReLU(),
                                  nn.Linear(cond_dim, 2 * channels))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
+        self.from_z = nn.Linear(z_dim, cond_dim, bias=False) if z_dim else None
+        if self.from_z is not None:
+            nn.init.zeros_(self.from_z.weight)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.mlp(c)[:, :, None, None].chunk(2, dim=1)
+    def forward(self, h: torch.Tensor, c: torch.Tensor, z: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        hidden = self.mlp[0](c)
+        if self.from_z is not None:
+            hidden = hidden + self.from_z(z)
+        gamma, beta = self.mlp[2](self.mlp[1](hidden))[:, :, None, None].chunk(2, dim=1)
         return h * (1 + gamma) + beta
 
 
@@ -149,20 +163,21 @@ class CrossAttention(nn.Module):
 class GBlock(nn.Module):
     """Upsample x2 (transposed conv), two text-fused conv stages, optional cross-attention."""
 
-    def __init__(self, cin: int, cout: int, cond_dim: int, attend_at: int | None = None):
+    def __init__(self, cin: int, cout: int, cond_dim: int, attend_at: int | None = None,
+                 z_dim: int = 0):
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
-        self.fuse1, self.fuse2 = Affine(cond_dim, cout), Affine(cond_dim, cout)
+        self.fuse1, self.fuse2 = Affine(cond_dim, cout, z_dim), Affine(cond_dim, cout, z_dim)
         self.conv = nn.Conv2d(cout, cout, 3, 1, 1)
         self.act = nn.LeakyReLU(0.2)
         self.attn = CrossAttention(cout, cond_dim, attend_at) if attend_at else None
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, keys: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.fuse1(self.up(h), c))
+                mask: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.act(self.fuse1(self.up(h), c, z))
         if self.attn is not None:
             h = self.attn(h, keys, mask)
-        return h + self.act(self.fuse2(self.conv(h), c))
+        return h + self.act(self.fuse2(self.conv(h), c, z))
 
 
 def _widths(base: int, n_blocks: int) -> list[int]:
@@ -179,7 +194,8 @@ class Generator(nn.Module):
         self.text = TextPooler(cfg.text_dim, cfg.cond_dim, cfg.n_queries, cfg.token_code)
         self.fc = nn.Linear(cfg.z_dim + cfg.cond_dim, widths[0] * 16)
         self.blocks = nn.ModuleList(
-            GBlock(a, b, cfg.cond_dim, 8 * 2**i if 8 * 2**i in cfg.cross_attention else None)
+            GBlock(a, b, cfg.cond_dim, 8 * 2**i if 8 * 2**i in cfg.cross_attention else None,
+                   cfg.z_dim if cfg.z_affine else 0)
             for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
         )
         self.to_rgb = nn.Sequential(nn.Conv2d(widths[-1], 3, 3, 1, 1), nn.Tanh())
@@ -189,7 +205,7 @@ class Generator(nn.Module):
         c = self.text.pool(keys, mask)
         h = self.fc(torch.cat([z, c], 1)).view(z.shape[0], -1, 4, 4)
         for block in self.blocks:
-            h = block(h, c, keys, mask)
+            h = block(h, c, keys, mask, z)
         return self.to_rgb(h)
 
 

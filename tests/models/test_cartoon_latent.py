@@ -7,30 +7,50 @@ import pytest
 
 from models import cartoon
 from models.cartoon import ATTRIBUTES, VALUES
-from models.cartoon_latent import LATENT_DIMS, latent, read_latent
+from models.cartoon_latent import DIMS, LATENT_DIMS, LAYOUTS, latent, read_latent
 from models.encoders import save_tiny_encoder
 from models.train import TrainConfigError, load_train_config, run_training
 
 
-def test_latent_round_trips_jitter_and_open_attributes_and_stays_normal():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_latent_round_trips_jitter_and_open_attributes_and_stays_normal(layout):
     rng = np.random.default_rng(0)
     zs = []
     for _ in range(600):
         attrs = cartoon.random_attrs(rng)
         named = {a: (attrs[a] if a in ("face", "skin") else None) for a in ATTRIBUTES}
         jitter = cartoon.draw_jitter(rng)
-        z = latent(named, attrs, jitter, 64, rng)
-        got_jitter, values = read_latent(z)
+        z = latent(named, attrs, jitter, 64, rng, layout)
+        got_jitter, values = read_latent(z, layout)
         assert np.allclose(got_jitter, jitter, atol=1e-4)
         assert all(values[a] == attrs[a] for a in ATTRIBUTES if named[a] is None)
         zs.append(z)
     zs = np.stack(zs)  # every dimension looks like N(0, 1): random z draws like the data
     assert np.abs(zs.mean(0)).max() < 0.2 and np.abs(zs.std(0) - 1).max() < 0.15
     # a random z picks each value of an open attribute about equally often
-    drawn = [read_latent(z)[1]["expression"] for z in rng.standard_normal((600, 64))]
-    assert min(drawn.count(v) for v in VALUES["expression"]) > 150
+    drawn = [read_latent(z, layout)[1]["hair_colour"] for z in rng.standard_normal((1000, 64))]
+    assert min(drawn.count(v) for v in VALUES["hair_colour"]) > 150
     with pytest.raises(ValueError, match="z_dim"):
-        latent(named, attrs, jitter, LATENT_DIMS - 1, rng)
+        latent(named, attrs, jitter, DIMS[layout] - 1, rng, layout)
+
+
+def test_argmax_layout_gives_each_value_a_dimension_a_linear_read_out_separates():
+    # why the layout exists: in the slice a value's mean is not a linear step along one
+    # axis (hair colour's five values on one number), in the argmax block it is
+    rng = np.random.default_rng(2)
+    attrs = [cartoon.random_attrs(rng) for _ in range(800)]
+    open_all = dict.fromkeys(ATTRIBUTES)
+    z = np.stack([latent(open_all, a, cartoon.NO_JITTER, 64, rng, "argmax") for a in attrs])
+    value = np.array([VALUES["hair_colour"].index(a["hair_colour"]) for a in attrs])
+    block = z[:, 21:26]  # hair colour's: after 12 slice dimensions and face, skin, hair style
+    for k in range(5):  # its own dimension is the largest on average when value k is drawn
+        assert block[value == k].mean(0).argmax() == k
+        assert block[value == k, k].mean() > 0.9 > 0.2 > block[value != k, k].mean()
+    jitter = cartoon.draw_jitter(rng)  # the jitter's dimensions are the slice layout's
+    assert np.array_equal(latent(open_all, attrs[0], jitter, 64, rng, "argmax")[:4],
+                          latent(open_all, attrs[0], jitter, 64, rng, "slice")[:4])
+    with pytest.raises(ValueError, match="layout must be one of slice, argmax"):
+        latent(open_all, attrs[0], cartoon.NO_JITTER, 64, rng, "onehot")
 
 
 def test_explicit_jitter_draws_what_the_rng_would():

@@ -36,6 +36,24 @@ def test_part_boxes_hold_every_pixel_of_the_part_and_little_else(part, attribute
         assert (x1 - x0) * (y1 - y0) < 3 * (np.ptp(xs) + 1) * (np.ptp(ys) + 1)
 
 
+def test_hair_box_holds_most_of_the_hair():
+    rng = np.random.default_rng(5)
+    inside = total = hair_in_box = box_area = 0
+    for _ in range(60):
+        attrs, jitter = cartoon.random_attrs(rng), cartoon.draw_jitter(rng)
+        attrs["accessory"] = "none"  # a hat covers the cap
+        ys, xs = _changed_pixels(attrs, jitter, "hair_colour")
+        x0, y0, x1, y1 = np.array(cartoon.part_boxes(attrs, jitter, ("hair",))["hair"]) * 64
+        hit = (xs + 1 >= x0) & (xs <= x1) & (ys + 1 >= y0) & (ys <= y1)
+        inside, total = inside + hit.sum(), total + len(xs)
+        hair_in_box, box_area = hair_in_box + hit.sum(), box_area + (x1 - x0) * (y1 - y0)
+    # the cap is most of the hair: 0.58 (the rest: temples and long hair's side panels) ...
+    assert inside / total > 0.5
+    # ... and hair is a large share of the box (0.44: above short hair it holds background,
+    # where spiky hair stands)
+    assert hair_in_box / box_area > 0.35
+
+
 def test_region_weight_map_puts_each_factor_in_its_box_and_the_largest_on_overlaps():
     boxes = torch.tensor([[0.25, 0.25, 0.5, 0.5, 0.0, 0.0, 0.75, 0.75]])  # inner, outer
     weights = region_weight_map(boxes, torch.tensor([10.0, 3.0]), 8)
@@ -67,7 +85,7 @@ def box_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("boxes")
     write_dataset(str(folder / "plain.parquet"), 48, size=16, seed=4, latent_dim=LATENT_DIMS)
     write_dataset(str(folder / "train.parquet"), 48, size=16, seed=4, latent_dim=LATENT_DIMS,
-                  boxes=True)
+                  boxes=cartoon.DEFAULT_PARTS)
     return folder
 
 
@@ -79,7 +97,8 @@ def test_data_builder_writes_each_characters_boxes_and_nothing_else_changes(box_
     for row in table.to_pylist():
         jitter, open_values = read_latent(np.array(row["z"]))
         attrs = {a: row[a] or open_values[a] for a in cartoon.ATTRIBUTES}
-        expected = [v for box in cartoon.part_boxes(attrs, jitter).values() for v in box]
+        expected = [v for box in cartoon.part_boxes(attrs, jitter, cartoon.DEFAULT_PARTS).values()
+                    for v in box]
         assert np.allclose(row["boxes"], expected, atol=1e-3), row["caption"]
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from models.base import GenerationParams
 from models.encoders import TextEncoder, save_tiny_encoder
-from models.gan import GanConfig, GanImageModel
+from models.gan import GanConfig, GanImageModel, Generator
 from models.scenes import write_dataset
 from models.train import load_train_config, run_training
 from models.train.gan_loop import mode_seeking_ratio
@@ -115,6 +115,29 @@ def test_fine_tune_from_an_exported_folder(tiny_dir, train_cfg, tmp_path):
     assert set(after) >= {k for k in before if k.startswith("generator.")}
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert GanImageModel.from_pretrained(out).config.image_size == 16
+
+
+def test_z_affine_added_to_trained_weights_draws_the_same_until_it_learns(tiny, tiny_dir,
+                                                                         train_cfg, tmp_path):
+    # added by a fine-tune (model: {z_affine: true}): the z read starts at zero, so the
+    # first images are the trained model's, byte for byte; training then uses it
+    out = run_training(load_train_config(None, train_cfg + [
+        f"out_dir={tmp_path}/za", "steps=6", f"init_from={tiny_dir}", "model={z_affine: true}",
+        "lr=1e-2"]))
+    widened = GanImageModel.from_pretrained(tiny_dir)
+    widened.config = GanConfig.from_dict({**widened.config.__dict__, "z_affine": True})
+    generator = Generator(widened.config)
+    assert generator.load_state_dict(tiny.generator.state_dict(), strict=False).missing_keys \
+        == [f"blocks.{b}.fuse{f}.from_z.weight" for b in range(2) for f in (1, 2)]
+    widened.generator = generator.eval()
+    params = GenerationParams(16, 16)
+    embeds = tiny.encode_prompt(PROMPTS)
+    assert np.array_equal(widened.generate(embeds, [1, 2, 3, 4], params),
+                          tiny.generate(embeds, [1, 2, 3, 4], params))
+    trained = GanImageModel.from_pretrained(out)
+    assert trained.config.z_affine
+    weights = load_file(f"{out}/model.safetensors")
+    assert weights["generator.blocks.0.fuse1.from_z.weight"].abs().sum() > 0
 
 
 def _ratio_after_training(cfg: list[str], weight: float, steps: int = 30) -> tuple[float, dict]:
