@@ -310,6 +310,31 @@ class ARImageModel(ImageModel):
         return to_uint8(self.vq.decode(ids))
 
 
+def grow_blocks(state: dict[str, torch.Tensor], config: ARConfig,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """Transformer weights for ``config.n_layers`` blocks from a state with fewer.
+
+    The missing blocks are appended after the trained ones as identity maps: freshly
+    initialised, but with the attention's and the MLP's output projections zeroed, so
+    each adds nothing to its residual stream and the grown model computes what the
+    trained one did (a function-preserving deepening, as in Net2Net or progressive
+    stacking) until training moves them.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = ImageTransformer(config).state_dict()
+    have = {k for k in state if k.startswith("blocks.")}
+    if not have <= set(fresh):
+        raise ValueError(f"cannot shrink a transformer to {config.n_layers} blocks")
+    grown = dict(state)
+    for name, value in fresh.items():
+        if name not in grown:
+            silent = name.endswith((".attn.proj.weight", ".attn.proj.bias",
+                                    ".mlp.2.weight", ".mlp.2.bias"))
+            grown[name] = torch.zeros_like(value) if silent else value
+    return grown
+
+
 def fast_kv_dtype(param: torch.Tensor) -> torch.dtype | None:
     """bfloat16 for the KV cache of batched sampling on an AVX-512 CPU, else None (keep).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from models.autoregressive import ARConfig, load_config, save_model_folder
+from models.autoregressive import ARConfig, grow_blocks, load_config, save_model_folder
 from models.folder import load_weights, resolve_encoder
 from models.train.ar_loop import ARSettings, ARTrainer
 from models.train.checkpoint import (
@@ -41,8 +41,16 @@ def _model_config(cfg: dict) -> tuple[ARConfig, dict | None]:
         config = load_config(init)
         # the export will live elsewhere: record where the encoder really is
         config.encoder = resolve_encoder(init, config.encoder)
-        return config, {"transformer": load_weights(init, "transformer."),
-                        "vq": load_weights(init, "vq.")}
+        weights = {"transformer": load_weights(init, "transformer."),
+                   "vq": load_weights(init, "vq.")}
+        layers = int(cfg.get("model", {}).get("n_layers", config.n_layers))
+        if layers != config.n_layers:  # deepen: the new blocks start as identities
+            if layers < config.n_layers:
+                raise ValueError(f"model.n_layers {layers} < init_from's {config.n_layers}:"
+                                 " a fine-tune can add transformer blocks, not drop them")
+            config.n_layers = layers
+            weights["transformer"] = grow_blocks(weights["transformer"], config)
+        return config, weights
     model = dict(cfg.get("model", {}))
     vq = {**ARConfig().vq, **model.pop("vq", {}), "image_size": cfg["image_size"]}
     return ARConfig.from_dict({**model, "vq": vq, "image_size": cfg["image_size"]}), None

@@ -38,7 +38,9 @@ class TrainConfig(Section):
     family: str = Field("gan", description="a family of models/families.py with a trainer")
     data: TrainData
     model: dict[str, Any] = Field(default_factory=dict, description="the family's config "
-                                  "fields for a run from scratch (ignored with init_from)")
+                                  "fields for a run from scratch (ignored with init_from, "
+                                  "but for a larger autoregressive n_layers: the new "
+                                  "blocks are appended as identities)")
     init_from: str | None = Field(None, description="an exported model folder to fine-tune")
     steps: int = Field(10000, gt=0)
     batch_size: int = Field(32, gt=0)

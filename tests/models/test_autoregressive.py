@@ -1,5 +1,6 @@
 """The autoregressive family: KV cache, per-seed determinism, training, resume, shipped weights."""
 
+import copy
 import json
 import os
 
@@ -195,6 +196,30 @@ def test_fine_tune_from_export(run, tmp_path):
         f"init_from={run['export']}", "vq_steps=0", "steps=5", f"out_dir={tmp_path}"]))
     model = ARImageModel.from_pretrained(export)
     assert model.generate(model.encode_prompt(PROMPTS[:1]), [0], PARAMS).shape == (1, 16, 16, 3)
+
+
+def test_a_fine_tune_can_deepen_the_transformer_without_changing_its_images(run, tmp_path):
+    from models.train.ar_run import build_trainer
+
+    overrides = [o for o in run["overrides"] if not o.startswith(("model=", "out_dir="))]
+    cfg = load_train_config(None, overrides + [
+        f"init_from={run['export']}", "vq_steps=0", f"out_dir={tmp_path}",
+        "model={n_layers: 4}"])
+    trainer = build_trainer(cfg)
+    assert len(trainer.transformer.blocks) == 4 and trainer.config.n_layers == 4
+    model = ARImageModel.from_pretrained(run["export"])
+    deeper = ARImageModel(copy.deepcopy(trainer.transformer), copy.deepcopy(trainer.vq),
+                          model.encoder, trainer.config)
+    text = model.encode_prompt(PROMPTS[:2])
+    # the two new blocks start as identities: the same tokens, byte for byte
+    assert np.array_equal(deeper.generate(text, [0, 1], PARAMS),
+                          model.generate(text, [0, 1], PARAMS))
+    before = [p.clone() for p in trainer.transformer.blocks[3].parameters()]
+    trainer.step()
+    moved = zip(before, trainer.transformer.blocks[3].parameters())
+    assert any(not torch.equal(a, b) for a, b in moved)
+    with pytest.raises(ValueError, match="add transformer blocks, not drop them"):
+        build_trainer({**cfg, "model": {"n_layers": 1}})
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "model.safetensors")),
