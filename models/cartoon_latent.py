@@ -42,10 +42,10 @@ N_JITTER = len(JITTER)
 LAYOUTS = ("slice", "argmax")
 _SLICE_END = N_JITTER + len(ATTRIBUTES)
 # attribute -> the first dimension of its argmax block
-_BLOCKS = dict(zip(ATTRIBUTES, accumulate((len(VALUES[n]) for n in ATTRIBUTES),
-                                          initial=_SLICE_END), strict=False))
+_STARTS = list(accumulate((len(VALUES[n]) for n in ATTRIBUTES), initial=_SLICE_END))
+_BLOCKS = dict(zip(ATTRIBUTES, _STARTS[:-1], strict=True))
 DIMS = {"slice": _SLICE_END,  # z needs at least this many dimensions, per layout
-        "argmax": _SLICE_END + sum(len(VALUES[n]) for n in ATTRIBUTES)}
+        "argmax": _STARTS[-1]}  # where the last block ends
 LATENT_DIMS = DIMS["slice"]
 
 
@@ -53,8 +53,7 @@ def latent(named: dict, attrs: dict, jitter: tuple, z_dim: int,
            rng: np.random.Generator, layout: str = "slice") -> np.ndarray:
     """z (z_dim,) float32 for a character ``attrs`` drawn with ``jitter``, captioned with
     ``named`` (its attributes, None where the caption leaves one open)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    _check_layout(layout)
     if z_dim < DIMS[layout]:
         raise ValueError(f"z_dim must be >= {DIMS[layout]} for the {layout} layout, "
                          f"got {z_dim}")
@@ -77,6 +76,10 @@ def latent(named: dict, attrs: dict, jitter: tuple, z_dim: int,
 
 def read_latent(z: np.ndarray, layout: str = "slice") -> tuple[tuple, dict]:
     """The jitter and the value of every attribute that ``z`` encodes (for open ones)."""
+    _check_layout(layout)
+    if len(z) < DIMS[layout]:
+        raise ValueError(f"z has {len(z)} dimensions; the {layout} layout needs "
+                         f">= {DIMS[layout]}")
     u = [_NORMAL.cdf(float(v)) for v in z[:_SLICE_END]]
     jitter = tuple(float(low + u[i] * (high - low))
                    for i, (low, high) in enumerate(JITTER.values()))
@@ -89,3 +92,8 @@ def read_latent(z: np.ndarray, layout: str = "slice") -> tuple[tuple, dict]:
                                                      _BLOCKS[name] + len(VALUES[name])]))]
                   for name in ATTRIBUTES}
     return jitter, values
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")

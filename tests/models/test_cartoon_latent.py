@@ -32,6 +32,8 @@ def test_latent_round_trips_jitter_and_open_attributes_and_stays_normal(layout):
     assert min(drawn.count(v) for v in VALUES["hair_colour"]) > 150
     with pytest.raises(ValueError, match="z_dim"):
         latent(named, attrs, jitter, DIMS[layout] - 1, rng, layout)
+    with pytest.raises(ValueError, match=f"the {layout} layout needs >= {DIMS[layout]}"):
+        read_latent(zs[0, :DIMS[layout] - 1], layout)
 
 
 def test_argmax_layout_gives_each_value_a_dimension_a_linear_read_out_separates():
@@ -51,6 +53,9 @@ def test_argmax_layout_gives_each_value_a_dimension_a_linear_read_out_separates(
                           latent(open_all, attrs[0], jitter, 64, rng, "slice")[:4])
     with pytest.raises(ValueError, match="layout must be one of slice, argmax"):
         latent(open_all, attrs[0], cartoon.NO_JITTER, 64, rng, "onehot")
+    with pytest.raises(ValueError, match="layout must be one of slice, argmax"):
+        read_latent(z[0], "onehot")  # not read as argmax
+    assert DIMS["argmax"] == 12 + sum(len(VALUES[a]) for a in ATTRIBUTES)
 
 
 def test_explicit_jitter_draws_what_the_rng_would():
