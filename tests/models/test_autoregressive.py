@@ -234,13 +234,14 @@ def test_shipped_checkpoint_draws_64px():
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "model.safetensors")),
                     reason="shipped AR weights not trained yet (models/weights/ar-scenes-64)")
 def test_shipped_ar_draws_the_shape_it_is_asked_for_more_often_than_before():
-    # 60 held-out prompts, one seed each: stage 2's weights (ar_scenes_64_continue.yaml)
-    # drew the asked shape for 0.517 of them, stage 3 (ar_scenes_64_shapes.yaml) for 0.717
+    # 60 held-out prompts, one seed each, sampled as one batch (a tenth of the time of one
+    # at a time): stage 2's weights (ar_scenes_64_continue.yaml) drew the asked shape for
+    # 0.533 of them, stage 3 (ar_scenes_64_shapes.yaml) for 0.717
     from models.base import derive_seed
     from models.evaluate import score
     from models.scenes import caption, split
 
-    model = ARImageModel.from_pretrained(SHIPPED)
+    model = ARImageModel.from_pretrained(SHIPPED, options={"batch_invariant": False})
     combos = split("heldout")[::3][:60]
     captions = [caption(c) for c in combos]
     images = model.generate(model.encode_prompt(captions),
