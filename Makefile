@@ -76,9 +76,13 @@ $(CHROMIUM): | $(STAMP)
 	  echo "chromium is missing and apt-get as root is unavailable: skipping the report's browser test"; \
 	fi
 
+# Two workers, each taking whole modules (a module shares one local Ray, and most of a
+# module's time is Ray and actor start-up, which overlaps well); TEST_WORKERS=0: in-process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) out

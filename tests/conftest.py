@@ -20,6 +20,34 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
+def _ensure_ray_token() -> None:
+    """Give Ray's default token file (~/.ray/auth_token) a token before any Ray starts.
+
+    Ray >= 2.59 writes one on a machine's first local ``ray.init`` if none exists; two test
+    workers (pytest-xdist) starting their Rays at once on a fresh machine would each write
+    their own, and one cluster would then hold a token its file no longer says. One
+    atomic link decides which token every worker uses.
+    """
+    import secrets
+    import tempfile
+
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists() or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(f.name, path)  # fails if another worker's token got there first
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(f.name)
+
+
+_ensure_ray_token()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ from pipeline.output.verify import verify_output
 from pipeline.runner import make_plan, run_job
 from pipeline.spec import InputSpec, build_spec
 from pipeline.stages.samples import build_samples
-from tests.conftest import write_prompts
+from tests.conftest import release_shared_ray, write_prompts
 
 
 def invalid_utf8_strings(values: list[bytes | None]) -> pa.Array:
@@ -43,6 +43,7 @@ def invalid_utf8_strings(values: list[bytes | None]) -> pa.Array:
 def test_bad_input_is_one_paragraph_from_the_cli_before_any_actor(tmp_path, capsys):
     import ray
 
+    release_shared_ray()  # whichever module ran before in this process may have left it up
     src = write_prompts(tmp_path / "p.parquet", ["x"], caption=["c"])
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {{path: {src}, prompt_column: text}}\nmodel: {{family: 'null'}}\n"
