@@ -39,7 +39,7 @@ def _ensure_ray_token() -> None:
         f.write(secrets.token_hex(32))
     try:
         os.link(f.name, path)  # fails if another worker's token got there first
-    except FileExistsError:
+    except OSError:  # that, or a file system without hard links: Ray then writes its own
         pass
     finally:
         os.unlink(f.name)
