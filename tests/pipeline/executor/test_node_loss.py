@@ -32,8 +32,10 @@ def cluster():
 
 def test_node_removed_mid_job_moves_its_shards(cluster, tmp_path, tiny_gan, caplog):
     c, workers = cluster
-    # enough work that both actors are busy long after both have loaded their model
-    src = write_prompts(tmp_path / "p.parquet", PROMPTS * 5)
+    # enough work that both actors are busy long after both have loaded their model, even
+    # when another test module's jobs share the machine's two cores (make test's workers):
+    # with a fifth of it the first actor once finished the job alone
+    src = write_prompts(tmp_path / "p.parquet", PROMPTS * 25)
     removed = []
 
     def remove_once_both_actors_work():
@@ -44,12 +46,12 @@ def test_node_removed_mid_job_moves_its_shards(cluster, tmp_path, tiny_gan, capl
 
     _when_first_marker(tmp_path / "out", remove_once_both_actors_work)
     with caplog.at_level(logging.INFO, logger="synthset"):
-        run_job(_spec(tmp_path, src, tiny_gan, actors="auto", shard_size=8),
+        run_job(_spec(tmp_path, src, tiny_gan, actors="auto", shard_size=24),
                 show_progress=False)
     assert removed and "lost" in caplog.text
     assert "'num_gpus': 1" in caplog.text  # one logical GPU pinned per actor
     # the same images as a run that lost nothing, each key exactly once
-    run_job(_spec(tmp_path, src, tiny_gan, out="ref", actors=1, shard_size=8),
+    run_job(_spec(tmp_path, src, tiny_gan, out="ref", actors=1, shard_size=24),
             show_progress=False)
     _assert_same_dataset(tmp_path / "ref", tmp_path / "out")
 
