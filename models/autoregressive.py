@@ -320,12 +320,13 @@ def grow_blocks(state: dict[str, torch.Tensor], config: ARConfig,
     trained one did (a function-preserving deepening, as in Net2Net or progressive
     stacking) until training moves them.
     """
+    held = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    if held > config.n_layers:
+        raise ValueError(f"n_layers {config.n_layers} < the {held} blocks of the weights: "
+                         "a fine-tune can add transformer blocks, not drop them")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = ImageTransformer(config).state_dict()
-    have = {k for k in state if k.startswith("blocks.")}
-    if not have <= set(fresh):
-        raise ValueError(f"cannot shrink a transformer to {config.n_layers} blocks")
     grown = dict(state)
     for name, value in fresh.items():
         if name not in grown:

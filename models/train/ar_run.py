@@ -45,9 +45,6 @@ def _model_config(cfg: dict) -> tuple[ARConfig, dict | None]:
                    "vq": load_weights(init, "vq.")}
         layers = int(cfg.get("model", {}).get("n_layers", config.n_layers))
         if layers != config.n_layers:  # deepen: the new blocks start as identities
-            if layers < config.n_layers:
-                raise ValueError(f"model.n_layers {layers} < init_from's {config.n_layers}:"
-                                 " a fine-tune can add transformer blocks, not drop them")
             config.n_layers = layers
             weights["transformer"] = grow_blocks(weights["transformer"], config)
         return config, weights
