@@ -42,14 +42,16 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def run(tiny_dir, tmp_path_factory):
-    """A short tiny training run from scratch (tokenizer, then transformer)."""
+    """A short tiny training run from scratch (tokenizer, then transformer), with the
+    patch-local tokenizer the shipped weights use (``tiny_dir`` has the convolutional one)."""
     data = str(tmp_path_factory.mktemp("data") / "scenes.parquet")
     write_dataset(data, 64, size=16, seed=0)
     out = str(tmp_path_factory.mktemp("run"))
     overrides = [f"data.path={data}", "family=autoregressive", "image_size=16",
                  "batch_size=16", "threads=1", f"out_dir={out}", "vq_steps=30", "steps=40",
                  f"model={{d_model: 32, n_layers: 2, n_heads: 2, encoder: {tiny_dir}/encoder, "
-                 "vq: {n_down: 2, width: 8, codebook_size: 32, code_dim: 8}}",
+                 "vq: {n_down: 2, width: 8, codebook_size: 32, code_dim: 8, "
+                 "local_encoder: true}}",
                  "log_every=10", "sample_every=0", "checkpoint_every=20", "lr=3e-3",
                  "warmup=5"]
     export = run_training(load_train_config(None, overrides))
@@ -263,6 +265,35 @@ def test_object_tokens_mark_the_patches_the_object_covers():
     expected = torch.zeros(16, 16, dtype=torch.bool)
     expected[4:12, 4:12] = True
     assert torch.equal(marked, expected)
+
+
+def test_a_local_tokenizer_gives_equal_patches_equal_tokens():
+    from models.scenes import render
+    from models.train.ar_loop import object_tokens
+    from models.vq import VQVAE, VQConfig
+
+    attrs = dict(size="large", colour="red", shape="square", position="in the center",
+                 background="blue")
+    image = torch.tensor(render(attrs, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    plain = ~object_tokens(image, 16)[0]  # the patches of pure background, (256,)
+    poked = image.clone()
+    poked[:, :, 0:4, 4:8] = 1.0  # one patch of the background turned white
+    spread = {}
+    for local in (True, False):
+        torch.manual_seed(0)
+        vq = VQVAE(VQConfig(n_down=2, width=8, codebook_size=64, code_dim=8,
+                            local_encoder=local)).eval()
+        with torch.no_grad():
+            z, z_poked = (vq.encoder(x)[0].flatten(1).T for x in (image, poked))  # (256, D)
+        background = z[plain]
+        spread[local] = float((background - background[0]).abs().max())
+        moved = (z_poked - z).abs().amax(1) > 1e-6
+        if local:  # the poked patch's latent alone moves
+            assert moved.nonzero().flatten().tolist() == [1]
+    # a latent is a function of its patch: the whole background is one latent (so one
+    # code); a convolutional encoder's background latents also see what is around them
+    # (the object, the frame), and a codebook splits them over several codes
+    assert spread[True] < 1e-5 and spread[False] > 1e-2, spread
 
 
 def test_object_token_weight_weighs_the_loss(run, tmp_path):
