@@ -53,10 +53,7 @@ def latent(named: dict, attrs: dict, jitter: tuple, z_dim: int,
            rng: np.random.Generator, layout: str = "slice") -> np.ndarray:
     """z (z_dim,) float32 for a character ``attrs`` drawn with ``jitter``, captioned with
     ``named`` (its attributes, None where the caption leaves one open)."""
-    _check_layout(layout)
-    if z_dim < DIMS[layout]:
-        raise ValueError(f"z_dim must be >= {DIMS[layout]} for the {layout} layout, "
-                         f"got {z_dim}")
+    _check(layout, z_dim)
     z = rng.standard_normal(z_dim)
     for i, (x, (low, high)) in enumerate(zip(jitter, JITTER.values(), strict=True)):
         z[i] = _NORMAL.inv_cdf(min(max((x - low) / (high - low), 1e-6), 1 - 1e-6))
@@ -76,10 +73,7 @@ def latent(named: dict, attrs: dict, jitter: tuple, z_dim: int,
 
 def read_latent(z: np.ndarray, layout: str = "slice") -> tuple[tuple, dict]:
     """The jitter and the value of every attribute that ``z`` encodes (for open ones)."""
-    _check_layout(layout)
-    if len(z) < DIMS[layout]:
-        raise ValueError(f"z has {len(z)} dimensions; the {layout} layout needs "
-                         f">= {DIMS[layout]}")
+    _check(layout, len(z))
     u = [_NORMAL.cdf(float(v)) for v in z[:_SLICE_END]]
     jitter = tuple(float(low + u[i] * (high - low))
                    for i, (low, high) in enumerate(JITTER.values()))
@@ -94,6 +88,10 @@ def read_latent(z: np.ndarray, layout: str = "slice") -> tuple[tuple, dict]:
     return jitter, values
 
 
-def _check_layout(layout: str) -> None:
+def _check(layout: str, z_dim: int) -> None:
+    """Refuse an unknown layout, or a z too short for it (written or read alike)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if z_dim < DIMS[layout]:
+        raise ValueError(f"z has {z_dim} dimensions; the {layout} layout needs "
+                         f">= {DIMS[layout]}")
