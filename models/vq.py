@@ -4,7 +4,8 @@ The encoder downsamples ``2 ** n_down`` times (64x64 -> 8x8 with the defaults); 
 cell is snapped to the nearest of ``codebook_size`` code vectors. The codebook is
 learned with exponential moving averages (VQ-VAE-2) rather than gradients, and
 codes nobody uses are restarted on random encoder outputs, so the whole codebook
-stays alive. The autoregressive model predicts these token grids.
+stays alive. The autoregressive model predicts these token grids. With
+``local_encoder`` each token is computed from its own patch only (:class:`PatchEncoder`).
 """
 
 from __future__ import annotations
