@@ -258,6 +258,20 @@ def test_shipped_ar_draws_the_shape_it_is_asked_for():
     assert (ids == ids[:, :1]).all() and ids[:, 0].unique().numel() == len(PALETTE)
 
 
+def test_object_tokens_mark_the_patches_the_object_covers():
+    from models.scenes import render
+    from models.train.ar_loop import object_tokens
+
+    attrs = dict(size="large", colour="red", shape="square", position="in the center",
+                 background="blue")
+    image = torch.tensor(render(attrs, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    marked = object_tokens(image, 16).view(16, 16)
+    # a 32-px square centred in 64 px: patches 4..11 on both axes, nothing else
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[4:12, 4:12] = True
+    assert torch.equal(marked, expected)
+
+
 def test_a_local_tokenizer_gives_equal_patches_equal_tokens():
     from models.scenes import render
     from models.train.ar_loop import object_tokens
